@@ -1,0 +1,1 @@
+//! API request and response shapes (filled in by the server work).

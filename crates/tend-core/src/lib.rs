@@ -1,0 +1,9 @@
+//! Domain types shared by every tend crate.
+//!
+//! This crate does no I/O: no files, no sockets, no clock. Everything here is a
+//! plain value that other crates store, send and validate.
+
+pub mod api;
+pub mod names;
+
+pub use names::{NameError, ServiceName, TeamName, TokenName};
