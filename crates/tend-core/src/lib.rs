@@ -3,7 +3,10 @@
 //! This crate does no I/O: no files, no sockets, no clock. Everything here is a
 //! plain value that other crates store, send and validate.
 
-pub mod api;
+pub mod model;
 pub mod names;
 
+pub mod time;
+
 pub use names::{NameError, ServiceName, TeamName, TokenName};
+pub use time::Timestamp;

@@ -1,1 +1,0 @@
-//! API request and response shapes (filled in by the server work).

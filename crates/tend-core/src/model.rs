@@ -1,0 +1,242 @@
+//! Records of the control plane, as stored and as shown through the API.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{TeamName, Timestamp, TokenName};
+
+/// A team: owns services, holds members (tokens) and notification channels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Team {
+    /// The team's name.
+    pub name: TeamName,
+    /// When the team was created.
+    pub created_at: Timestamp,
+    /// Active tokens that belong to the team.
+    pub members: Vec<TokenName>,
+    /// Where the team's notifications go.
+    pub channels: Vec<Channel>,
+    /// Names of the services the team owns.
+    pub services: Vec<String>,
+}
+
+/// Kinds of notification channel a team can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelKind {
+    /// An HTTP POST of a JSON body (Alertmanager webhook format).
+    Webhook,
+    /// A Slack incoming webhook.
+    Slack,
+    /// PagerDuty Events API v2 (target is the routing key).
+    Pagerduty,
+    /// An email address.
+    Email,
+}
+
+impl ChannelKind {
+    /// The lowercase name used in the API and the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Webhook => "webhook",
+            Self::Slack => "slack",
+            Self::Pagerduty => "pagerduty",
+            Self::Email => "email",
+        }
+    }
+
+    /// Parses the lowercase name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "webhook" => Self::Webhook,
+            "slack" => Self::Slack,
+            "pagerduty" => Self::Pagerduty,
+            "email" => Self::Email,
+            _ => return None,
+        })
+    }
+}
+
+/// One notification channel of a team.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Channel {
+    /// Name of the channel within its team (`ops-slack`).
+    pub name: TokenName,
+    /// What kind of endpoint `target` is.
+    pub kind: ChannelKind,
+    /// URL, routing key or address, depending on `kind`.
+    pub target: String,
+}
+
+/// What the platform knows about a token; never the secret itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenInfo {
+    /// The token's name (unique among active tokens).
+    pub name: TokenName,
+    /// Whether the token has the admin role.
+    pub admin: bool,
+    /// Teams the token is a member of.
+    pub teams: Vec<TeamName>,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// Name of the token that created it, if any.
+    pub created_by: Option<String>,
+    /// When it stops working, if ever.
+    pub expires_at: Option<Timestamp>,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<Timestamp>,
+    /// When it last authenticated a request (updated at most once a minute).
+    pub last_used_at: Option<Timestamp>,
+}
+
+/// The authenticated caller of an API request, with what it may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Row id of the token in the store.
+    pub token_id: i64,
+    /// Name of the token.
+    pub name: TokenName,
+    /// Whether the token is an admin.
+    pub admin: bool,
+    /// Teams the token belongs to.
+    pub teams: Vec<TeamName>,
+}
+
+impl Principal {
+    /// Whether the caller is a member of `team` (admins are members of every team).
+    pub fn acts_for(&self, team: &TeamName) -> bool {
+        self.admin || self.teams.contains(team)
+    }
+}
+
+/// Whether an audited request was carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Authorised and done.
+    Allowed,
+    /// Refused for lack of rights or credentials.
+    Denied,
+    /// Authorised but not done (invalid input, conflict, ...).
+    Failed,
+}
+
+impl Outcome {
+    /// The lowercase name used in the API and the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Denied => "denied",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Parses the lowercase name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "allowed" => Self::Allowed,
+            "denied" => Self::Denied,
+            "failed" => Self::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// One audit entry: who did what to what, when, from where, and the outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    /// Monotonic id.
+    pub id: i64,
+    /// When the request was handled.
+    pub time: Timestamp,
+    /// Name of the token that made the request; `None` when unauthenticated.
+    pub actor: Option<String>,
+    /// What was attempted (`service.apply`, `team.delete`, ...).
+    pub action: String,
+    /// What it was attempted on (`service/checkout`, `team/payments`).
+    pub target: String,
+    /// The team that owns the target, when there is one.
+    pub team: Option<TeamName>,
+    /// Whether it was done.
+    pub outcome: Outcome,
+    /// The client's address.
+    pub client: Option<String>,
+    /// Why it was denied or failed, or a short summary of the change.
+    pub detail: Option<String>,
+}
+
+/// An audit entry before the store gives it an id and a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAuditEntry {
+    /// See [`AuditEntry::actor`].
+    pub actor: Option<String>,
+    /// See [`AuditEntry::action`].
+    pub action: String,
+    /// See [`AuditEntry::target`].
+    pub target: String,
+    /// See [`AuditEntry::team`].
+    pub team: Option<TeamName>,
+    /// See [`AuditEntry::outcome`].
+    pub outcome: Outcome,
+    /// See [`AuditEntry::client`].
+    pub client: Option<String>,
+    /// See [`AuditEntry::detail`].
+    pub detail: Option<String>,
+}
+
+/// One entry of a service's timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    /// Monotonic id.
+    pub id: i64,
+    /// When it happened.
+    pub time: Timestamp,
+    /// The service it is about.
+    pub service: String,
+    /// Kind of event (`service.created`, `service.updated`, `deploy.started`, ...).
+    pub kind: String,
+    /// One line for people.
+    pub message: String,
+    /// Who caused it, when a person or robot did.
+    pub actor: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admins_act_for_every_team_members_for_theirs() {
+        let payments = TeamName::parse("payments").unwrap();
+        let search = TeamName::parse("search").unwrap();
+        let member = Principal {
+            token_id: 1,
+            name: TokenName::parse("alice").unwrap(),
+            admin: false,
+            teams: vec![payments.clone()],
+        };
+        assert!(member.acts_for(&payments));
+        assert!(!member.acts_for(&search));
+        let admin = Principal {
+            admin: true,
+            teams: vec![],
+            ..member
+        };
+        assert!(admin.acts_for(&search));
+    }
+
+    #[test]
+    fn enums_round_trip_their_names() {
+        for k in [
+            ChannelKind::Webhook,
+            ChannelKind::Slack,
+            ChannelKind::Pagerduty,
+            ChannelKind::Email,
+        ] {
+            assert_eq!(ChannelKind::parse(k.as_str()), Some(k));
+        }
+        for o in [Outcome::Allowed, Outcome::Denied, Outcome::Failed] {
+            assert_eq!(Outcome::parse(o.as_str()), Some(o));
+        }
+    }
+}
