@@ -88,7 +88,8 @@ impl Tx<'_> {
 
     /// Resolves a token hash to a principal, and records its use.
     pub fn authenticate(&mut self, hash: &[u8; 32]) -> Result<TokenLookup> {
-        let row: Option<(i64, String, bool, Option<i64>, Option<i64>, Option<i64>)> = self
+        type Row = (i64, String, bool, Option<i64>, Option<i64>, Option<i64>);
+        let row: Option<Row> = self
             .txn
             .query_row(
                 "SELECT id, name, admin, expires_at, revoked_at, last_used_at

@@ -1,0 +1,170 @@
+//! The shapes of tend's HTTP API (`/api/v1`), shared by the server and the
+//! client so the two cannot drift apart. Plain data; no I/O.
+
+use serde::{Deserialize, Serialize};
+use tend_core::model::ChannelKind;
+use tend_core::{ServiceName, TeamName, Timestamp, TokenName};
+use tend_manifest::ServiceSpec;
+use utoipa::ToSchema;
+
+pub use tend_core::model::{AuditEntry, Channel, Event, Outcome, Team, TokenInfo};
+
+/// The prefix of every API path.
+pub const API_PREFIX: &str = "/api/v1";
+
+/// The body of every error response.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong, for programs (`code`) and people (`message`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code: `bad_request`, `unauthorized`, `forbidden`,
+    /// `not_found`, `conflict`, `invalid_manifest`, `payload_too_large`,
+    /// `unsupported_media_type`, `method_not_allowed`, `internal`.
+    pub code: String,
+    /// One or more lines for people.
+    pub message: String,
+    /// Structured details, e.g. the problems of an invalid manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// Always `ok` when the server answers.
+    pub status: String,
+    /// The server's version.
+    pub version: String,
+}
+
+/// `GET /api/v1/whoami`: the caller as the server sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    /// The token's name.
+    pub name: TokenName,
+    /// Whether it is an admin.
+    pub admin: bool,
+    /// Its teams.
+    pub teams: Vec<TeamName>,
+}
+
+/// `POST /api/v1/teams`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTeam {
+    /// The new team's name (a DNS label).
+    pub name: TeamName,
+}
+
+/// `POST /api/v1/teams/{team}/channels`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddChannel {
+    /// Name of the channel within the team.
+    pub name: TokenName,
+    /// Kind of endpoint.
+    pub kind: ChannelKind,
+    /// URL (webhook, slack), routing key (pagerduty) or address (email).
+    pub target: String,
+}
+
+/// `POST /api/v1/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    /// Name for people (`alice`, `ci-payments`), unique among active tokens.
+    pub name: TokenName,
+    /// Teams the token acts for.
+    #[serde(default)]
+    pub teams: Vec<TeamName>,
+    /// Whether the token is a platform admin.
+    #[serde(default)]
+    pub admin: bool,
+    /// Lifetime such as `30d` or `12h`; no expiry when absent.
+    #[serde(default)]
+    pub expires_in: Option<String>,
+}
+
+/// The answer to `POST /api/v1/tokens`: the only time the secret is shown.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedToken {
+    /// The secret (`tend_...`). Store it now: the server keeps only a hash.
+    pub token: String,
+    /// What the server knows about it.
+    pub info: TokenInfo,
+}
+
+/// `POST /api/v1/services`: register or update a service from its manifest.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyRequest {
+    /// The text of `tend.toml`.
+    pub manifest: String,
+    /// The file name to cite in diagnostics (default `tend.toml`).
+    #[serde(default)]
+    pub file_name: Option<String>,
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ApplyOutcome {
+    /// The service is new.
+    Created,
+    /// Its spec changed.
+    Updated,
+    /// Nothing changed.
+    Unchanged,
+}
+
+/// The answer to an apply.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApplyResponse {
+    /// What the apply did.
+    pub outcome: ApplyOutcome,
+    /// The service as now stored.
+    pub service: Service,
+}
+
+/// A service in the catalog, with its full current spec.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Service {
+    /// The service's name.
+    pub name: ServiceName,
+    /// The owning team.
+    pub owner: TeamName,
+    /// One line for people.
+    pub description: String,
+    /// Link or path to the runbook.
+    pub runbook: Option<String>,
+    /// Incremented by every apply that changed the spec.
+    pub generation: i64,
+    /// First apply.
+    pub created_at: Timestamp,
+    /// Last change.
+    pub updated_at: Timestamp,
+    /// The validated spec.
+    pub spec: ServiceSpec,
+    /// The `tend.toml` text last applied.
+    pub manifest: String,
+}
+
+/// A service in a list.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ServiceSummary {
+    /// The service's name.
+    pub name: ServiceName,
+    /// The owning team.
+    pub owner: TeamName,
+    /// One line for people.
+    pub description: String,
+    /// Incremented by every apply that changed the spec.
+    pub generation: i64,
+    /// Last change.
+    pub updated_at: Timestamp,
+}

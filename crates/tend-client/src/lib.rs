@@ -1,0 +1,289 @@
+//! A typed client of tend's HTTP API.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tend_api::*;
+use tend_core::{ServiceName, TeamName};
+
+/// Errors of API calls.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server could not be reached.
+    #[error("cannot reach the tend server at {url}: {source}")]
+    Unreachable {
+        /// The server's base URL.
+        url: String,
+        /// The cause.
+        source: reqwest::Error,
+    },
+    /// The server answered with an error.
+    #[error("{}", .body.error.message)]
+    Api {
+        /// HTTP status.
+        status: StatusCode,
+        /// The error body.
+        body: ErrorBody,
+    },
+    /// The server's answer could not be understood.
+    #[error("unexpected answer from the server ({status}): {message}")]
+    Protocol {
+        /// HTTP status.
+        status: StatusCode,
+        /// What was wrong.
+        message: String,
+    },
+    /// The client was configured wrongly (bad URL, ...).
+    #[error("{0}")]
+    Config(String),
+}
+
+impl ClientError {
+    /// The HTTP status, when the server answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            Self::Api { status, .. } | Self::Protocol { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Result type of the client.
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// A connection to one tend server with one token.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+fn seg(s: &str) -> String {
+    // Names are DNS labels, but be safe with anything a user typed.
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl Client {
+    /// A client of the server at `base_url` (e.g. `http://127.0.0.1:7070`).
+    pub fn new(base_url: &str, token: Option<String>) -> Result<Self> {
+        let base = base_url.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ClientError::Config(format!(
+                "server URL {base_url:?} must start with http:// or https://"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            .user_agent(concat!("tend/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Config(e.to_string()))?;
+        Ok(Self { http, base, token })
+    }
+
+    /// The server's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T> {
+        let resp = self.send(method, path, body).await?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
+            status,
+            message: e.to_string(),
+        })
+    }
+
+    async fn send<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<reqwest::Response> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let bytes = resp.bytes().await.unwrap_or_default();
+        match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => Err(ClientError::Api { status, body }),
+            Err(_) => Err(ClientError::Protocol {
+                status,
+                message: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
+            }),
+        }
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.call::<(), T>(Method::GET, path, None).await
+    }
+
+    async fn delete(&self, path: &str) -> Result<()> {
+        self.send::<()>(Method::DELETE, path, None).await.map(drop)
+    }
+
+    /// `GET /healthz`.
+    pub async fn health(&self) -> Result<Health> {
+        self.get("/healthz").await
+    }
+
+    /// `GET /api/v1/whoami`.
+    pub async fn whoami(&self) -> Result<WhoAmI> {
+        self.get("/api/v1/whoami").await
+    }
+
+    /// `GET /api/v1/teams`.
+    pub async fn teams(&self) -> Result<Vec<Team>> {
+        self.get("/api/v1/teams").await
+    }
+
+    /// `GET /api/v1/teams/{team}`.
+    pub async fn team(&self, name: &str) -> Result<Team> {
+        self.get(&format!("/api/v1/teams/{}", seg(name))).await
+    }
+
+    /// `POST /api/v1/teams`.
+    pub async fn create_team(&self, name: &TeamName) -> Result<Team> {
+        self.call(
+            Method::POST,
+            "/api/v1/teams",
+            Some(&CreateTeam { name: name.clone() }),
+        )
+        .await
+    }
+
+    /// `DELETE /api/v1/teams/{team}`.
+    pub async fn delete_team(&self, name: &str) -> Result<()> {
+        self.delete(&format!("/api/v1/teams/{}", seg(name))).await
+    }
+
+    /// `POST /api/v1/teams/{team}/channels`.
+    pub async fn add_channel(&self, team: &str, channel: &AddChannel) -> Result<Team> {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/teams/{}/channels", seg(team)),
+            Some(channel),
+        )
+        .await
+    }
+
+    /// `DELETE /api/v1/teams/{team}/channels/{channel}`.
+    pub async fn remove_channel(&self, team: &str, channel: &str) -> Result<()> {
+        self.delete(&format!(
+            "/api/v1/teams/{}/channels/{}",
+            seg(team),
+            seg(channel)
+        ))
+        .await
+    }
+
+    /// `GET /api/v1/tokens`.
+    pub async fn tokens(&self, all: bool) -> Result<Vec<TokenInfo>> {
+        self.get(&format!("/api/v1/tokens?all={all}")).await
+    }
+
+    /// `POST /api/v1/tokens`.
+    pub async fn create_token(&self, req: &CreateToken) -> Result<CreatedToken> {
+        self.call(Method::POST, "/api/v1/tokens", Some(req)).await
+    }
+
+    /// `DELETE /api/v1/tokens/{name}`.
+    pub async fn revoke_token(&self, name: &str) -> Result<TokenInfo> {
+        self.call::<(), _>(
+            Method::DELETE,
+            &format!("/api/v1/tokens/{}", seg(name)),
+            None,
+        )
+        .await
+    }
+
+    /// `POST /api/v1/services`.
+    pub async fn apply(&self, manifest: &str, file_name: &str) -> Result<ApplyResponse> {
+        self.call(
+            Method::POST,
+            "/api/v1/services",
+            Some(&ApplyRequest {
+                manifest: manifest.to_string(),
+                file_name: Some(file_name.to_string()),
+            }),
+        )
+        .await
+    }
+
+    /// `GET /api/v1/services`.
+    pub async fn services(&self, owner: Option<&TeamName>) -> Result<Vec<ServiceSummary>> {
+        match owner {
+            Some(o) => {
+                self.get(&format!("/api/v1/services?owner={}", seg(o.as_str())))
+                    .await
+            }
+            None => self.get("/api/v1/services").await,
+        }
+    }
+
+    /// `GET /api/v1/services/{name}`.
+    pub async fn service(&self, name: &str) -> Result<Service> {
+        self.get(&format!("/api/v1/services/{}", seg(name))).await
+    }
+
+    /// `DELETE /api/v1/services/{name}`.
+    pub async fn delete_service(&self, name: &str) -> Result<()> {
+        self.delete(&format!("/api/v1/services/{}", seg(name)))
+            .await
+    }
+
+    /// `GET /api/v1/services/{name}/events`.
+    pub async fn events(&self, name: &ServiceName, limit: u32) -> Result<Vec<Event>> {
+        self.get(&format!(
+            "/api/v1/services/{}/events?limit={limit}",
+            seg(name.as_str())
+        ))
+        .await
+    }
+
+    /// `GET /api/v1/audit`.
+    pub async fn audit(&self, team: Option<&TeamName>, limit: u32) -> Result<Vec<AuditEntry>> {
+        let mut path = format!("/api/v1/audit?limit={limit}");
+        if let Some(t) = team {
+            path.push_str(&format!("&team={}", seg(t.as_str())));
+        }
+        self.get(&path).await
+    }
+}

@@ -1,0 +1,268 @@
+//! The typed, validated form of a `tend.toml`.
+//!
+//! Every value here has already been checked by the parser, so consumers (the
+//! server, the runtime, the deploy controller) never re-validate. Durations
+//! serialize as humantime strings (`"10s"`) so the JSON stays readable; sizes
+//! serialize as integer bytes so nobody has to parse units twice.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tend_core::{ServiceName, TeamName};
+use utoipa::ToSchema;
+
+use crate::duration::serde_duration;
+
+/// Default `[run] instances`.
+pub const DEFAULT_INSTANCES: u32 = 1;
+/// Most instances one service may ask for.
+pub const MAX_INSTANCES: u32 = 100;
+/// Default `[run] grace_period`: time between SIGTERM and SIGKILL.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
+/// Default `[health] interval`.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+/// Default `[health] timeout`.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default `[health] healthy_threshold`.
+pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 1;
+/// Default `[health] unhealthy_threshold`.
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
+/// Default `[health] start_period`.
+pub const DEFAULT_START_PERIOD: Duration = Duration::from_secs(30);
+/// Default `[deploy] max_surge`.
+pub const DEFAULT_MAX_SURGE: u32 = 1;
+/// Default `[deploy] max_unavailable`.
+pub const DEFAULT_MAX_UNAVAILABLE: u32 = 0;
+/// Default `[deploy] healthy_deadline`.
+pub const DEFAULT_HEALTHY_DEADLINE: Duration = Duration::from_secs(60);
+
+/// A whole, valid `tend.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ServiceSpec {
+    /// `[service]`: identity and ownership.
+    pub service: ServiceSection,
+    /// `[build]`: how to build, if the service needs building.
+    pub build: Option<BuildSection>,
+    /// `[run]`: how to start an instance.
+    pub run: RunSection,
+    /// `[health]`: how to tell an instance is healthy; `None` means "running is healthy".
+    pub health: Option<HealthSection>,
+    /// `[http]`: how the router reaches the service (defaults when absent).
+    pub http: HttpSection,
+    /// `[deploy]`: how a new release replaces the old one (defaults when absent).
+    pub deploy: DeploySection,
+    /// `[env]`: environment variables given to every instance.
+    pub env: BTreeMap<String, String>,
+    /// `[[alerts]]`: the service's own alert rules.
+    pub alerts: Vec<AlertRule>,
+}
+
+impl ServiceSpec {
+    /// The service's name.
+    pub fn name(&self) -> &ServiceName {
+        &self.service.name
+    }
+
+    /// The team that owns (and is paged for) the service.
+    pub fn owner(&self) -> &TeamName {
+        &self.service.owner
+    }
+}
+
+/// `[service]`: who the service is and who owns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ServiceSection {
+    /// The service's name, a DNS label unique on the platform.
+    pub name: ServiceName,
+    /// The owning team, paged for the service.
+    pub owner: TeamName,
+    /// A one-line description for people.
+    #[serde(default)]
+    pub description: String,
+    /// Where the runbook lives: a URL or a path in the repository.
+    pub runbook: Option<String>,
+}
+
+/// `[build]`: how to turn the source into something runnable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BuildSection {
+    /// Shell command run in the service's directory.
+    pub command: String,
+}
+
+/// `[run]`: how to start one instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RunSection {
+    /// Shell command that starts an instance; it must listen on `$PORT`.
+    pub command: String,
+    /// How many instances to run (0 to 100).
+    pub instances: u32,
+    /// Time between SIGTERM and SIGKILL when an instance is stopped.
+    #[serde(with = "serde_duration")]
+    #[schema(value_type = String, example = "10s")]
+    pub grace_period: Duration,
+    /// Memory limit in bytes, if any.
+    pub memory: Option<u64>,
+    /// CPU limit in cores (e.g. 0.5), if any.
+    pub cpus: Option<f64>,
+}
+
+/// `[health]`: the health check of each instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HealthSection {
+    /// What to probe.
+    pub check: HealthCheck,
+    /// Time between two probes.
+    #[serde(with = "serde_duration")]
+    #[schema(value_type = String, example = "2s")]
+    pub interval: Duration,
+    /// How long one probe may take before it counts as failed.
+    #[serde(with = "serde_duration")]
+    #[schema(value_type = String, example = "1s")]
+    pub timeout: Duration,
+    /// Consecutive successes that make an instance healthy.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that make an instance unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Time after start during which failures do not count.
+    #[serde(with = "serde_duration")]
+    #[schema(value_type = String, example = "30s")]
+    pub start_period: Duration,
+}
+
+/// The one probe a `[health]` section defines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum HealthCheck {
+    /// `GET http://127.0.0.1:$PORT{path}` must answer 2xx or 3xx.
+    Http {
+        /// Request path, starting with `/`.
+        path: String,
+    },
+    /// A TCP connection to `$PORT` must succeed.
+    Tcp,
+    /// A command run next to the instance must exit 0.
+    Exec {
+        /// Shell command.
+        command: String,
+    },
+}
+
+/// `[http]`: how the router sends traffic to the service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HttpSection {
+    /// Host name routed to the service; `None` means `<service>.localhost`.
+    pub host: Option<String>,
+    /// Path prefixes routed to the service.
+    pub paths: Vec<String>,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self {
+            host: None,
+            paths: vec!["/".to_string()],
+        }
+    }
+}
+
+/// `[deploy]`: how a release is rolled out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeploySection {
+    /// Rollout strategy.
+    pub strategy: DeployStrategy,
+    /// Extra instances that may run above `instances` during a rollout.
+    pub max_surge: u32,
+    /// Instances that may be missing below `instances` during a rollout.
+    pub max_unavailable: u32,
+    /// Roll back by itself when the new release does not become healthy.
+    pub auto_rollback: bool,
+    /// How long a new instance has to become healthy.
+    #[serde(with = "serde_duration")]
+    #[schema(value_type = String, example = "60s")]
+    pub healthy_deadline: Duration,
+}
+
+impl Default for DeploySection {
+    fn default() -> Self {
+        Self {
+            strategy: DeployStrategy::Rolling,
+            max_surge: DEFAULT_MAX_SURGE,
+            max_unavailable: DEFAULT_MAX_UNAVAILABLE,
+            auto_rollback: true,
+            healthy_deadline: DEFAULT_HEALTHY_DEADLINE,
+        }
+    }
+}
+
+/// How a new release replaces the running one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeployStrategy {
+    /// Replace instances a few at a time, keeping capacity.
+    #[default]
+    Rolling,
+}
+
+/// One `[[alerts]]` rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AlertRule {
+    /// Rule name, a DNS label unique within the manifest.
+    pub name: String,
+    /// PromQL expression; the rule fires while it returns samples.
+    pub expr: String,
+    /// How long `expr` must hold before the alert fires.
+    #[serde(rename = "for", with = "serde_duration")]
+    #[schema(value_type = String, example = "2m")]
+    pub for_: Duration,
+    /// How long the alert keeps firing after `expr` stops holding.
+    #[serde(with = "serde_duration")]
+    #[schema(value_type = String, example = "0s")]
+    pub keep_firing_for: Duration,
+    /// How loudly to notify the owning team.
+    pub severity: Severity,
+    /// One-line summary for the notification.
+    pub summary: Option<String>,
+    /// Longer description for the incident.
+    pub description: Option<String>,
+    /// Extra labels attached to the alert.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// How urgent an alert is.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Wake someone up now.
+    Page,
+    /// Open an incident to handle in working hours.
+    #[default]
+    Ticket,
+    /// Record only.
+    Info,
+}
+
+impl Severity {
+    /// Every severity, in the order the docs list them.
+    pub const ALL: [Severity; 3] = [Severity::Page, Severity::Ticket, Severity::Info];
+
+    /// The name used in `tend.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Page => "page",
+            Severity::Ticket => "ticket",
+            Severity::Info => "info",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,183 @@
+//! tend's control-plane server: the HTTP API under `/api/v1`.
+//!
+//! Every request is authenticated by a bearer token ([`auth`]), authorised by
+//! team membership or the admin role, and — when it changes something — audited
+//! in the same store transaction as the change ([`audit`]). This crate is the only
+//! one that knows HTTP on the control-plane side.
+
+pub mod auth;
+pub mod db;
+pub mod error;
+mod extract;
+mod openapi;
+mod routes;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tend_store::{NewToken, Store};
+use tokio::net::TcpListener;
+
+pub use openapi::openapi_json;
+
+/// Name of the file, in the data directory, that holds the first admin token.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// Largest request body accepted, in bytes.
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+/// How to run the server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where the state lives.
+    pub data_dir: PathBuf,
+    /// Address of the API.
+    pub listen: SocketAddr,
+    /// Address of the router (served by the router product).
+    pub router_listen: SocketAddr,
+    /// Largest request body accepted.
+    pub body_limit: usize,
+}
+
+/// Errors that stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] tend_store::StoreError),
+    /// The API address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The admin token file could not be written.
+    #[error("cannot write {path}: {source}")]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// State shared by every request handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// The control-plane store.
+    pub store: Arc<Store>,
+}
+
+/// A bound, not yet serving, server.
+pub struct Server {
+    listener: TcpListener,
+    state: AppState,
+    body_limit: usize,
+    /// The admin token created by this start, if this was the first start.
+    pub bootstrap_token: Option<String>,
+}
+
+impl Server {
+    /// Opens the store, creates the first admin token if there is none, and binds
+    /// the API address.
+    pub async fn bind(config: &ServerConfig) -> Result<Self, StartError> {
+        let data_dir = config.data_dir.clone();
+        let (store, bootstrap_token) =
+            tokio::task::spawn_blocking(move || -> Result<_, StartError> {
+                let store = Store::open(&data_dir)?;
+                let token = bootstrap_admin(&store, &data_dir)?;
+                Ok((store, token))
+            })
+            .await
+            .map_err(|e| StartError::Store(tend_store::StoreError::Corrupt(e.to_string())))??;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        Ok(Self {
+            listener,
+            state: AppState {
+                store: Arc::new(store),
+            },
+            body_limit: config.body_limit,
+            bootstrap_token,
+        })
+    }
+
+    /// The address the API listens on (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let app = routes::router(self.state, self.body_limit);
+        axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+    }
+}
+
+/// Creates the first admin token on a fresh store, writing it to
+/// `<data_dir>/admin.token` (mode 0600). Returns it so the caller can print it
+/// once; later starts return `None`.
+fn bootstrap_admin(store: &Store, data_dir: &Path) -> Result<Option<String>, StartError> {
+    const BOOTSTRAPPED: &str = "bootstrapped_admin";
+    let token = auth::generate_token();
+    let hash = auth::hash_token(&token);
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    // Write the file before committing: if we crash in between, the next start
+    // simply makes a new token and overwrites it.
+    let created = store.write(|tx| -> Result<bool, StartError> {
+        if tx.meta(BOOTSTRAPPED)?.is_some() {
+            return Ok(false);
+        }
+        write_secret_file(&path, &token).map_err(|source| StartError::TokenFile {
+            path: path.clone(),
+            source,
+        })?;
+        tx.create_token(&NewToken {
+            name: tend_core::TokenName::parse("admin").expect("`admin` is a valid name"),
+            hash,
+            admin: true,
+            teams: vec![],
+            created_by: None,
+            expires_at: None,
+        })?;
+        tx.set_meta(BOOTSTRAPPED, "1")?;
+        Ok(true)
+    })?;
+    Ok(created.then_some(token))
+}
+
+fn write_secret_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts.open(path)?;
+    // The mode only applies at creation; tighten an existing file too.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    f.write_all(contents.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+}

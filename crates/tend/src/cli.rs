@@ -1,0 +1,283 @@
+//! The command line: every command, flag and its help.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tend_core::model::ChannelKind;
+
+const AFTER_HELP: &str = "\
+Getting started:
+  tend demo                        start a platform with example teams and services
+  tend server                      run the platform (API on 127.0.0.1:7070)
+  tend login --url URL --token T   remember where the server is and who you are
+  tend validate                    check ./tend.toml
+  tend apply                       register or update the service in ./tend.toml
+
+Server and token come from --url/--token, then TEND_URL/TEND_TOKEN, then `tend login`.
+Exit codes: 0 ok, 1 error, 2 usage, 3 server unreachable, 4 not authorised, 5 not found.";
+
+/// tend: self-service operations. Deploy, configure, watch and repair your own
+/// services, with no ticket to anyone.
+#[derive(Debug, Parser)]
+#[command(name = "tend", version, about, after_help = AFTER_HELP, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command accepts, before or after the subcommand.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// URL of the tend server [default: from `tend login`, else http://127.0.0.1:7070]
+    #[arg(long, global = true, env = "TEND_URL", value_name = "URL")]
+    pub url: Option<String>,
+    /// API token [default: from `tend login`]
+    #[arg(
+        long,
+        global = true,
+        env = "TEND_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Output format of read commands
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// How read commands print their results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns for people.
+    Table,
+    /// JSON for scripts.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the tend server (API, and later the router and the products)
+    Server(ServerArgs),
+    /// Start a server with the example teams and services, and show where to look
+    Demo(DemoArgs),
+    /// Check and save the server URL and token (--url, --token, or the token on stdin)
+    Login,
+    /// Show who the token is: name, admin role and teams
+    Whoami,
+    /// Check a tend.toml and print every problem with file:line:col
+    Validate(PathArg),
+    /// Register or update the service described by a tend.toml
+    Apply(PathArg),
+    /// List services, or show and delete one
+    #[command(alias = "service", alias = "svc")]
+    Services(ServicesArgs),
+    /// Show a service's timeline: what changed and what happened
+    Events(EventsArgs),
+    /// Manage teams (admins) and their notification channels (members)
+    #[command(alias = "team")]
+    Teams(TeamsArgs),
+    /// Manage API tokens (admins)
+    #[command(alias = "token")]
+    Tokens(TokensArgs),
+    /// Read the audit trail: who did what, when, from where
+    Audit(AuditArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell)
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Directory for the state database and everything the platform keeps
+    #[arg(
+        long,
+        env = "TEND_DATA_DIR",
+        default_value = "./tend-data",
+        value_name = "DIR"
+    )]
+    pub data_dir: PathBuf,
+    /// Address of the API and dashboard
+    #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Address of the router that serves your services' traffic
+    #[arg(long, default_value = "127.0.0.1:7080", value_name = "ADDR")]
+    pub router_listen: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Directory for the demo's state [default: a new temporary directory]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the API
+    #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Address of the router
+    #[arg(long, default_value = "127.0.0.1:7080", value_name = "ADDR")]
+    pub router_listen: SocketAddr,
+    /// Where the example teams and services are [default: ./examples, else the source tree's]
+    #[arg(long, value_name = "DIR")]
+    pub examples: Option<PathBuf>,
+    /// Set up, print the tour, and exit instead of serving until Ctrl-C
+    #[arg(long)]
+    pub exit: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PathArg {
+    /// A tend.toml, or the directory that holds one
+    #[arg(default_value = ".", value_name = "PATH")]
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ServicesArgs {
+    #[command(subcommand)]
+    pub command: Option<ServicesCommand>,
+    /// Only the services of this team
+    #[arg(long, value_name = "TEAM")]
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServicesCommand {
+    /// List services (the default)
+    List,
+    /// Show one service: owner, spec, manifest
+    Show {
+        /// Service name
+        name: String,
+    },
+    /// Remove a service from the catalog
+    Delete {
+        /// Service name
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Service name
+    pub name: String,
+    /// Number of latest events
+    #[arg(short = 'n', long, default_value_t = 50)]
+    pub limit: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct TeamsArgs {
+    #[command(subcommand)]
+    pub command: Option<TeamsCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TeamsCommand {
+    /// List teams (the default)
+    List,
+    /// Create a team (admin)
+    Create {
+        /// Team name (a DNS label: lowercase letters, digits, `-`)
+        name: String,
+    },
+    /// Show a team: members, channels, services
+    Show {
+        /// Team name
+        name: String,
+    },
+    /// Delete a team (admin); refused while it owns services
+    Delete {
+        /// Team name
+        name: String,
+    },
+    /// Add a notification channel to a team
+    AddChannel {
+        /// Team name
+        team: String,
+        /// Channel name
+        name: String,
+        /// Kind of channel
+        #[arg(long, value_enum)]
+        kind: ChannelKindArg,
+        /// URL, routing key or address
+        #[arg(long)]
+        target: String,
+    },
+    /// Remove a team's notification channel
+    RemoveChannel {
+        /// Team name
+        team: String,
+        /// Channel name
+        name: String,
+    },
+}
+
+/// Channel kinds on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ChannelKindArg {
+    Webhook,
+    Slack,
+    Pagerduty,
+    Email,
+}
+
+impl From<ChannelKindArg> for ChannelKind {
+    fn from(k: ChannelKindArg) -> Self {
+        match k {
+            ChannelKindArg::Webhook => Self::Webhook,
+            ChannelKindArg::Slack => Self::Slack,
+            ChannelKindArg::Pagerduty => Self::Pagerduty,
+            ChannelKindArg::Email => Self::Email,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TokensArgs {
+    #[command(subcommand)]
+    pub command: Option<TokensCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// List tokens (the default)
+    List {
+        /// Include revoked tokens
+        #[arg(long)]
+        all: bool,
+    },
+    /// Create a token and print its secret once (admin)
+    Create {
+        /// Name for people (alice, ci-payments)
+        #[arg(long)]
+        name: String,
+        /// A team the token acts for (repeatable)
+        #[arg(long = "team", value_name = "TEAM")]
+        teams: Vec<String>,
+        /// Make it a platform admin
+        #[arg(long)]
+        admin: bool,
+        /// Lifetime, e.g. 30d or 12h [default: no expiry]
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<String>,
+    },
+    /// Revoke a token; it stops working at once
+    Revoke {
+        /// Token name
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only entries about this team's things
+    #[arg(long)]
+    pub team: Option<String>,
+    /// Number of latest entries
+    #[arg(short = 'n', long, default_value_t = 50)]
+    pub limit: u32,
+}

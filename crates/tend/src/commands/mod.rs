@@ -1,0 +1,44 @@
+//! One module per group of commands.
+
+pub mod audit;
+pub mod demo;
+pub mod login;
+pub mod manifest;
+pub mod server;
+pub mod services;
+pub mod teams;
+pub mod tokens;
+
+use anyhow::Result;
+use tend_client::Client;
+
+use crate::cli::Global;
+use crate::config;
+
+/// A client for the server and token chosen by flags, environment or login.
+pub fn client(g: &Global) -> Result<Client> {
+    let saved = config::load()?;
+    let url = g
+        .url
+        .clone()
+        .or(saved.url)
+        .unwrap_or_else(|| config::DEFAULT_URL.to_string());
+    let token = g.token.clone().or(saved.token);
+    if token.is_none() {
+        anyhow::bail!(
+            "no token: pass --token, set TEND_TOKEN, or run `tend login` \
+             (the first admin token is in <data-dir>/admin.token)"
+        );
+    }
+    Ok(Client::new(&url, token)?)
+}
+
+/// Parses a name argument, with the reason when it is not a DNS label.
+pub fn name<T: std::str::FromStr<Err = tend_core::NameError>>(what: &str, s: &str) -> Result<T> {
+    s.parse().map_err(|e| {
+        let hint = tend_core::names::suggest_dns_label(s)
+            .map(|h| format!(" (try `{h}`)"))
+            .unwrap_or_default();
+        anyhow::anyhow!("invalid {what} name {s:?}: {e}{hint}")
+    })
+}

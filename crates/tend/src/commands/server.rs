@@ -1,0 +1,71 @@
+//! `tend server`.
+
+use anyhow::{Context, Result};
+use tend_server::{Server, ServerConfig, DEFAULT_BODY_LIMIT};
+
+use crate::cli::ServerArgs;
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn run(args: ServerArgs) -> Result<()> {
+    init_tracing();
+    let config = ServerConfig {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        router_listen: args.router_listen,
+        body_limit: DEFAULT_BODY_LIMIT,
+    };
+    let server = Server::bind(&config)
+        .await
+        .context("cannot start the server")?;
+    let addr = server.local_addr()?;
+    if let Some(token) = &server.bootstrap_token {
+        // Printed once, on stdout, so it can be captured; also in admin.token.
+        println!("admin token: {token}");
+        println!(
+            "(saved to {}; it is not shown again)",
+            config
+                .data_dir
+                .join(tend_server::ADMIN_TOKEN_FILE)
+                .display()
+        );
+    }
+    tracing::info!(api = %addr, data_dir = %config.data_dir.display(), "tend server listening");
+    eprintln!("tend server listening on http://{addr}");
+    server.serve(shutdown_signal()).await?;
+    tracing::info!("tend server stopped");
+    Ok(())
+}
+
+/// Logs to stderr; RUST_LOG overrides the default level.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(crate::output::color_stderr())
+        .try_init();
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
