@@ -83,7 +83,9 @@ fn syntax_problem(source: &str, e: &TomlError) -> Problem {
     let mut lines = e.message().lines().map(str::trim).filter(|l| !l.is_empty());
     let what = lines.next().unwrap_or("invalid TOML");
     let rest: Vec<&str> = lines.collect();
-    let label = if rest.is_empty() {
+    let label = if e.message().contains("duplicate key") {
+        "repeated here".to_string()
+    } else if rest.is_empty() {
         "here".to_string()
     } else {
         rest.join("; ")
@@ -774,7 +776,7 @@ impl Walker<'_> {
 
         let http = match self.nonempty_string(t, "http") {
             Got::Ok((path, span)) => {
-                if self.check_path(&path, span, "the health check path", "http") {
+                if self.check_path(&path, span, "the health check path", Some("http")) {
                     Some(path)
                 } else {
                     None
@@ -847,7 +849,8 @@ impl Walker<'_> {
     }
 
     /// Checks an HTTP path prefix; reports and returns false if it is not one.
-    fn check_path(&mut self, path: &str, span: Range<usize>, what: &str, key: &str) -> bool {
+    /// `key` is the key holding the path alone (None for an array entry).
+    fn check_path(&mut self, path: &str, span: Range<usize>, what: &str, key: Option<&str>) -> bool {
         let problem = if path.contains("://") {
             Some((
                 "is a URL, not a path".to_string(),
@@ -857,7 +860,10 @@ impl Walker<'_> {
         } else if !path.starts_with('/') {
             Some((
                 "must start with `/`".to_string(),
-                format!("try `{key} = \"/{}\"`", show(path.trim())),
+                match key {
+                    Some(key) => format!("try `{key} = \"/{}\"`", show(path.trim())),
+                    None => format!("try \"/{}\"", show(path.trim())),
+                },
             ))
         } else {
             path.chars()
@@ -953,7 +959,7 @@ impl Walker<'_> {
                 ok = false;
                 continue;
             };
-            if !self.check_path(path, span.clone(), "the path", "paths") {
+            if !self.check_path(path, span.clone(), "the path", None) {
                 ok = false;
             } else if paths.iter().any(|p| p == path) {
                 self.report(

@@ -304,7 +304,7 @@ fn miette_shows_every_problem_with_its_location() {
     let err = error_of(&c);
     let mut out = String::new();
     GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor())
-        .with_width(100)
+        .with_width(200)
         .render_report(&mut out, &err)
         .expect("render");
     for p in err.problems() {
