@@ -149,7 +149,13 @@ impl ManifestError {
             if i > 0 {
                 out.push('\n');
             }
-            render_problem(&mut out, self.file_name(), self.source_text(), problem, &style);
+            render_problem(
+                &mut out,
+                self.file_name(),
+                self.source_text(),
+                problem,
+                &style,
+            );
         }
         if self.problems.len() > 1 {
             let _ = writeln!(
@@ -179,7 +185,9 @@ impl fmt::Debug for ManifestError {
 
 impl fmt::Display for ManifestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let first = &self.problems[0];
+        let Some(first) = self.problems.first() else {
+            return write!(f, "{}: invalid manifest", self.file_name());
+        };
         write!(
             f,
             "{}:{}:{}: {}",
@@ -206,11 +214,11 @@ impl Diagnostic for ManifestError {
     }
 
     fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        self.problems[0].help()
+        self.problems.first()?.help()
     }
 
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
-        self.problems[0].labels()
+        self.problems.first()?.labels()
     }
 
     fn source_code(&self) -> Option<&dyn SourceCode> {
@@ -218,12 +226,8 @@ impl Diagnostic for ManifestError {
     }
 
     fn related<'a>(&'a self) -> Option<Box<dyn Iterator<Item = &'a dyn Diagnostic> + 'a>> {
-        if self.problems.len() < 2 {
-            return None;
-        }
-        Some(Box::new(
-            self.problems[1..].iter().map(|p| p as &dyn Diagnostic),
-        ))
+        let rest = self.problems.get(1..).filter(|rest| !rest.is_empty())?;
+        Some(Box::new(rest.iter().map(|p| p as &dyn Diagnostic)))
     }
 }
 

@@ -66,9 +66,15 @@ mod tests {
     fn rejects_bare_numbers_and_garbage() {
         assert_eq!(parse_duration("2"), Err(DurationError::NoUnit));
         assert_eq!(parse_duration("1.5"), Err(DurationError::NoUnit));
-        assert!(matches!(parse_duration("fast"), Err(DurationError::Invalid(_))));
+        assert!(matches!(
+            parse_duration("fast"),
+            Err(DurationError::Invalid(_))
+        ));
         assert!(matches!(parse_duration(""), Err(DurationError::Invalid(_))));
-        assert!(matches!(parse_duration("-1s"), Err(DurationError::Invalid(_))));
+        assert!(matches!(
+            parse_duration("-1s"),
+            Err(DurationError::Invalid(_))
+        ));
     }
 
     #[test]

@@ -18,6 +18,8 @@
 //! Invariant: this crate does no I/O except [`load`] and [`resolve_path`]
 //! reading the one file they are given.
 
+#![warn(missing_docs)]
+
 mod diagnostic;
 mod duration;
 mod parse;

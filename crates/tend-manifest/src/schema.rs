@@ -23,7 +23,11 @@ const fn field(key: &'static str, example: &'static str) -> Field {
     }
 }
 
-const fn aliased(key: &'static str, example: &'static str, aliases: &'static [&'static str]) -> Field {
+const fn aliased(
+    key: &'static str,
+    example: &'static str,
+    aliases: &'static [&'static str],
+) -> Field {
     Field {
         key,
         example,
@@ -53,7 +57,11 @@ pub(crate) const RUN: &[Field] = &[
         "command = \"./target/release/checkout\"",
         &["cmd", "exec", "start", "entrypoint"],
     ),
-    aliased("instances", "instances = 2", &["replicas", "count", "scale"]),
+    aliased(
+        "instances",
+        "instances = 2",
+        &["replicas", "count", "scale"],
+    ),
     aliased(
         "grace_period",
         "grace_period = \"10s\"",
@@ -70,15 +78,35 @@ pub(crate) const HEALTH: &[Field] = &[
     aliased("exec", "exec = \"./healthcheck\"", &["command", "cmd"]),
     aliased("interval", "interval = \"2s\"", &["period", "every"]),
     field("timeout", "timeout = \"1s\""),
-    aliased("healthy_threshold", "healthy_threshold = 1", &["success_threshold"]),
-    aliased("unhealthy_threshold", "unhealthy_threshold = 3", &["failure_threshold", "retries"]),
-    aliased("start_period", "start_period = \"30s\"", &["initial_delay", "grace_period"]),
+    aliased(
+        "healthy_threshold",
+        "healthy_threshold = 1",
+        &["success_threshold"],
+    ),
+    aliased(
+        "unhealthy_threshold",
+        "unhealthy_threshold = 3",
+        &["failure_threshold", "retries"],
+    ),
+    aliased(
+        "start_period",
+        "start_period = \"30s\"",
+        &["initial_delay", "grace_period"],
+    ),
 ];
 
 /// `[http]`.
 pub(crate) const HTTP: &[Field] = &[
-    aliased("host", "host = \"checkout.localhost\"", &["hostname", "domain", "hosts"]),
-    aliased("paths", "paths = [\"/api\", \"/checkout\"]", &["path", "prefix", "prefixes"]),
+    aliased(
+        "host",
+        "host = \"checkout.localhost\"",
+        &["hostname", "domain", "hosts"],
+    ),
+    aliased(
+        "paths",
+        "paths = [\"/api\", \"/checkout\"]",
+        &["path", "prefix", "prefixes"],
+    ),
 ];
 
 /// `[deploy]`.
@@ -87,7 +115,11 @@ pub(crate) const DEPLOY: &[Field] = &[
     aliased("max_surge", "max_surge = 1", &["surge"]),
     aliased("max_unavailable", "max_unavailable = 0", &["unavailable"]),
     aliased("auto_rollback", "auto_rollback = true", &["rollback"]),
-    aliased("healthy_deadline", "healthy_deadline = \"60s\"", &["deadline", "timeout"]),
+    aliased(
+        "healthy_deadline",
+        "healthy_deadline = \"60s\"",
+        &["deadline", "timeout"],
+    ),
 ];
 
 /// One `[[alerts]]` entry.
@@ -227,7 +259,10 @@ pub(crate) fn closest_field(input: &str, fields: &[Field]) -> Option<&'static st
 /// "Close enough" is at most a third of the candidate's length in edits (so
 /// `instance` finds `instances` but `x` finds nothing), or one being a prefix of
 /// the other (`healthcheck` finds `health`).
-pub(crate) fn closest<'a>(input: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn closest<'a>(
+    input: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let lower = input.to_ascii_lowercase().replace('-', "_");
     candidates
         .into_iter()
@@ -252,8 +287,14 @@ mod tests {
         assert_eq!(closest_field("Instances", RUN), Some("instances"));
         assert_eq!(closest_field("grace-period", RUN), Some("grace_period"));
         assert_eq!(closest_field("replicas", RUN), Some("instances"));
-        assert_eq!(closest("healthcheck", SECTIONS.iter().map(|s| s.name)), Some("health"));
-        assert_eq!(closest("alert", SECTIONS.iter().map(|s| s.name)), Some("alerts"));
+        assert_eq!(
+            closest("healthcheck", SECTIONS.iter().map(|s| s.name)),
+            Some("health")
+        );
+        assert_eq!(
+            closest("alert", SECTIONS.iter().map(|s| s.name)),
+            Some("alerts")
+        );
     }
 
     #[test]
@@ -261,6 +302,19 @@ mod tests {
         assert_eq!(closest_field("x", RUN), None);
         assert_eq!(closest_field("banana", RUN), None);
         assert_eq!(closest("database", SECTIONS.iter().map(|s| s.name)), None);
+    }
+
+    #[test]
+    fn docs_describe_every_section_and_key() {
+        let docs = include_str!("../../../docs/manifest.md");
+        for section in SECTIONS {
+            let heading = format!("## `{}`", section.header());
+            assert!(docs.contains(&heading), "docs lack {heading}");
+            for field in section.fields {
+                let row = format!("| `{}` |", field.key);
+                assert!(docs.contains(&row), "docs lack a row for `{}`", field.key);
+            }
+        }
     }
 
     #[test]

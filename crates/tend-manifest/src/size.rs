@@ -102,11 +102,17 @@ mod tests {
     fn rejects_what_it_cannot_read_unambiguously() {
         assert_eq!(parse_size("1024"), Err(SizeError::NoUnit));
         assert_eq!(parse_size("256m"), Err(SizeError::Ambiguous("m".into())));
-        assert_eq!(parse_size("2 parsecs"), Err(SizeError::UnknownUnit("parsecs".into())));
+        assert_eq!(
+            parse_size("2 parsecs"),
+            Err(SizeError::UnknownUnit("parsecs".into()))
+        );
         assert_eq!(parse_size("MiB"), Err(SizeError::NoNumber));
         assert_eq!(parse_size("1.2.3MiB"), Err(SizeError::NoNumber));
         assert_eq!(parse_size("99999999999TiB"), Err(SizeError::TooLarge));
-        assert_eq!(parse_size("1e300TiB"), Err(SizeError::UnknownUnit("e300TiB".into())));
+        assert_eq!(
+            parse_size("1e300TiB"),
+            Err(SizeError::UnknownUnit("e300TiB".into()))
+        );
     }
 
     #[test]

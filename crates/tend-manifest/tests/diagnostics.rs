@@ -308,7 +308,11 @@ fn miette_shows_every_problem_with_its_location() {
         .render_report(&mut out, &err)
         .expect("render");
     for p in err.problems() {
-        assert!(out.contains(&p.message), "missing {:?} in\n{out}", p.message);
+        assert!(
+            out.contains(&p.message),
+            "missing {:?} in\n{out}",
+            p.message
+        );
         assert!(
             out.contains(&format!("tend.toml:{}:{}", p.line, p.column)),
             "missing location of {:?} in\n{out}",

@@ -41,7 +41,8 @@ for  = "2m"
 severity = "page"
 "#;
 
-const MINIMAL: &str = "[service]\nname = \"web\"\nowner = \"team-a\"\n\n[run]\ncommand = \"./web\"\n";
+const MINIMAL: &str =
+    "[service]\nname = \"web\"\nowner = \"team-a\"\n\n[run]\ncommand = \"./web\"\n";
 
 fn name(s: &str) -> ServiceName {
     ServiceName::parse(s).expect("valid service name")
@@ -213,7 +214,10 @@ region = "eu"
     );
     assert_eq!(health.interval, Duration::from_millis(500));
     assert_eq!(health.timeout, Duration::from_millis(250));
-    assert_eq!((health.healthy_threshold, health.unhealthy_threshold), (2, 5));
+    assert_eq!(
+        (health.healthy_threshold, health.unhealthy_threshold),
+        (2, 5)
+    );
     assert_eq!(health.start_period, Duration::ZERO);
     assert_eq!(spec.http.host.as_deref(), Some("api.example.com"));
     assert_eq!(spec.http.paths, ["/api", "/v2"]);
@@ -235,7 +239,12 @@ region = "eu"
         .collect();
     assert_eq!(
         env,
-        [("COUNT", "3"), ("ENABLED", "true"), ("RATIO", "1.0"), ("TEXT", "a b")]
+        [
+            ("COUNT", "3"),
+            ("ENABLED", "true"),
+            ("RATIO", "1.0"),
+            ("TEXT", "a b")
+        ]
     );
     assert_eq!(spec.alerts.len(), 2);
     let errors = &spec.alerts[0];
@@ -282,7 +291,10 @@ fn spec_json_round_trips_and_is_readable() {
     let spec = parse(DESIGN_EXAMPLE, "tend.toml").expect("valid");
     let json = serde_json::to_value(&spec).expect("serialize");
     assert_eq!(json["run"]["grace_period"], "10s");
-    assert_eq!(json["health"]["check"], serde_json::json!({"kind": "http", "path": "/healthz"}));
+    assert_eq!(
+        json["health"]["check"],
+        serde_json::json!({"kind": "http", "path": "/healthz"})
+    );
     assert_eq!(json["alerts"][0]["for"], "2m");
     assert_eq!(json["alerts"][0]["severity"], "page");
     assert_eq!(json["deploy"]["strategy"], "rolling");
@@ -294,7 +306,10 @@ fn spec_json_round_trips_and_is_readable() {
     spec.run.grace_period = Duration::from_millis(5_400_500);
     let json = serde_json::to_string(&spec).expect("serialize");
     assert!(json.contains("\"memory\":268435456"), "{json}");
-    assert_eq!(serde_json::from_str::<ServiceSpec>(&json).expect("deserialize"), spec);
+    assert_eq!(
+        serde_json::from_str::<ServiceSpec>(&json).expect("deserialize"),
+        spec
+    );
 }
 
 #[test]
@@ -329,7 +344,10 @@ fn load_errors_say_what_is_missing() {
     let dir = tempfile::tempdir().expect("tempdir");
     match load(dir.path()) {
         Err(e @ LoadError::NoManifest { .. }) => {
-            assert_eq!(e.to_string(), format!("no tend.toml in {}", dir.path().display()));
+            assert_eq!(
+                e.to_string(),
+                format!("no tend.toml in {}", dir.path().display())
+            );
         }
         other => panic!("expected NoManifest, got {other:?}"),
     }
@@ -358,4 +376,38 @@ fn oversized_manifests_are_refused_early() {
     let err = parse(&source, "tend.toml").expect_err("too large");
     assert_eq!(err.problems().len(), 1);
     assert!(err.problems()[0].message.contains("at most"), "{err}");
+}
+
+/// docs/manifest.md, whose examples must stay valid.
+const DOCS: &str = include_str!("../../../docs/manifest.md");
+
+#[test]
+fn every_toml_example_in_the_docs_is_valid() {
+    let blocks: Vec<&str> = DOCS
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next())
+        .collect();
+    assert!(blocks.len() >= 2, "docs lost their examples");
+    for block in blocks {
+        if let Err(e) = parse(block, "docs/manifest.md") {
+            panic!("{}", e.render(false));
+        }
+    }
+}
+
+#[test]
+fn openapi_schema_describes_durations_as_strings() {
+    use utoipa::PartialSchema;
+    let schema = serde_json::to_value(RunSection::schema()).expect("schema serializes");
+    assert_eq!(
+        schema["properties"]["grace_period"]["type"], "string",
+        "{schema}"
+    );
+    assert_eq!(
+        schema["properties"]["grace_period"]["example"], "10s",
+        "{schema}"
+    );
+    let report = serde_json::to_value(ManifestReport::schema()).expect("schema serializes");
+    assert!(report["properties"]["problems"].is_object(), "{report}");
 }
