@@ -168,3 +168,68 @@ pub struct ServiceSummary {
     /// Last change.
     pub updated_at: Timestamp,
 }
+
+pub use tend_core::model::{
+    Deployment, DeploymentKind, DeploymentState, DeploymentStep, Instance, InstanceState, Release,
+};
+
+/// `POST /api/v1/services/{name}/rollback`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The release to go back to; the one before the current when absent.
+    #[serde(default)]
+    pub to: Option<u32>,
+}
+
+/// `POST /api/v1/services/{name}/scale`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    /// How many instances to run.
+    pub instances: u32,
+}
+
+/// `GET /api/v1/services/{name}/status`: what runs and how it is doing.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ServiceStatus {
+    /// The service.
+    pub name: ServiceName,
+    /// The owning team.
+    pub owner: TeamName,
+    /// The release that should run (`None` before the first deploy).
+    pub release: Option<u32>,
+    /// How many instances should run.
+    pub desired_instances: u32,
+    /// How many are ready.
+    pub ready_instances: u32,
+    /// Stopped by `tend stop`.
+    pub stopped: bool,
+    /// Every instance.
+    pub instances: Vec<Instance>,
+    /// The latest deployment.
+    pub deployment: Option<Deployment>,
+    /// Where the router serves the service.
+    pub urls: Vec<String>,
+}
+
+/// One line of `GET /api/v1/deployments/{id}/watch` (newline-delimited JSON).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WatchEvent {
+    /// A line of build output.
+    Log {
+        /// The line.
+        line: String,
+    },
+    /// The deployment moved on.
+    Step {
+        /// The step.
+        step: DeploymentStep,
+    },
+    /// The deployment is over; the last line of the stream.
+    End {
+        /// Its final record.
+        deployment: Deployment,
+    },
+}

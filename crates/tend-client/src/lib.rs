@@ -124,11 +124,15 @@ impl Client {
         body: Option<&B>,
     ) -> Result<reqwest::Response> {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
         if let Some(b) = body {
             req = req.json(b);
+        }
+        self.execute(req).await
+    }
+
+    async fn execute(&self, mut req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
         }
         let resp = req
             .send()
@@ -285,5 +289,150 @@ impl Client {
             path.push_str(&format!("&team={}", seg(t.as_str())));
         }
         self.get(&path).await
+    }
+
+    /// `POST /api/v1/services/{name}/deploy` with a packed service directory.
+    pub async fn deploy_archive(&self, name: &str, archive: Vec<u8>) -> Result<Deployment> {
+        let req = self
+            .http
+            .post(format!(
+                "{}/api/v1/services/{}/deploy",
+                self.base,
+                seg(name)
+            ))
+            .header(reqwest::header::CONTENT_TYPE, "application/gzip")
+            // Uploads can be large and builds start only after them.
+            .timeout(Duration::from_secs(600))
+            .body(archive);
+        let resp = self.execute(req).await?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
+            status,
+            message: e.to_string(),
+        })
+    }
+
+    /// `POST /api/v1/services/{name}/releases/{version}/deploy`.
+    pub async fn deploy_release(&self, name: &str, version: u32) -> Result<Deployment> {
+        self.call::<(), _>(
+            Method::POST,
+            &format!("/api/v1/services/{}/releases/{version}/deploy", seg(name)),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /api/v1/services/{name}/releases`.
+    pub async fn releases(&self, name: &str) -> Result<Vec<Release>> {
+        self.get(&format!("/api/v1/services/{}/releases", seg(name)))
+            .await
+    }
+
+    /// `GET /api/v1/services/{name}/deployments`.
+    pub async fn deployments(&self, name: &str) -> Result<Vec<Deployment>> {
+        self.get(&format!("/api/v1/services/{}/deployments", seg(name)))
+            .await
+    }
+
+    /// `GET /api/v1/deployments/{id}`.
+    pub async fn deployment(&self, id: i64) -> Result<Deployment> {
+        self.get(&format!("/api/v1/deployments/{id}")).await
+    }
+
+    /// Follows `GET /api/v1/deployments/{id}/watch`, calling `on_event` for
+    /// every event, and returns the final deployment.
+    pub async fn watch(
+        &self,
+        id: i64,
+        mut on_event: impl FnMut(&WatchEvent),
+    ) -> Result<Deployment> {
+        let req = self
+            .http
+            .get(format!("{}/api/v1/deployments/{id}/watch", self.base))
+            .timeout(Duration::from_secs(24 * 3600));
+        let mut resp = self.execute(req).await?;
+        let status = resp.status();
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            let chunk = resp
+                .chunk()
+                .await
+                .map_err(|source| ClientError::Unreachable {
+                    url: self.base.clone(),
+                    source,
+                })?;
+            let Some(chunk) = chunk else { break };
+            buf.extend_from_slice(&chunk);
+            while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=i).collect();
+                let ev: WatchEvent =
+                    serde_json::from_slice(&line).map_err(|e| ClientError::Protocol {
+                        status,
+                        message: format!("bad watch event: {e}"),
+                    })?;
+                on_event(&ev);
+                if let WatchEvent::End { deployment } = ev {
+                    return Ok(deployment);
+                }
+            }
+        }
+        Err(ClientError::Protocol {
+            status,
+            message: "the watch stream ended before the deployment did".into(),
+        })
+    }
+
+    /// `GET /api/v1/services/{name}/status`.
+    pub async fn status(&self, name: &str) -> Result<ServiceStatus> {
+        self.get(&format!("/api/v1/services/{}/status", seg(name)))
+            .await
+    }
+
+    /// `POST /api/v1/services/{name}/rollback`.
+    pub async fn rollback(&self, name: &str, to: Option<u32>) -> Result<Deployment> {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/services/{}/rollback", seg(name)),
+            Some(&RollbackRequest { to }),
+        )
+        .await
+    }
+
+    /// `POST /api/v1/services/{name}/restart`.
+    pub async fn restart(&self, name: &str) -> Result<Deployment> {
+        self.call::<(), _>(
+            Method::POST,
+            &format!("/api/v1/services/{}/restart", seg(name)),
+            None,
+        )
+        .await
+    }
+
+    /// `POST /api/v1/services/{name}/scale`.
+    pub async fn scale(&self, name: &str, instances: u32) -> Result<ServiceStatus> {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/services/{}/scale", seg(name)),
+            Some(&ScaleRequest { instances }),
+        )
+        .await
+    }
+
+    /// `POST /api/v1/services/{name}/stop` (or `start` when `stopped` is false).
+    pub async fn set_stopped(&self, name: &str, stopped: bool) -> Result<ServiceStatus> {
+        let verb = if stopped { "stop" } else { "start" };
+        self.call::<(), _>(
+            Method::POST,
+            &format!("/api/v1/services/{}/{verb}", seg(name)),
+            None,
+        )
+        .await
     }
 }

@@ -201,6 +201,167 @@ pub struct Event {
     pub actor: Option<String>,
 }
 
+/// An immutable, numbered release of a service: an artifact plus the spec it runs with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Release {
+    /// The release number: 1, 2, ... per service (shown as `v1`, `v2`).
+    pub version: u32,
+    /// Content address (SHA-256) of the built files.
+    pub artifact: String,
+    /// What made it (`deploy`, `config change`, ...).
+    pub description: String,
+    /// When it was made.
+    pub created_at: Timestamp,
+    /// Who made it.
+    pub created_by: Option<String>,
+}
+
+/// What a deployment does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentKind {
+    /// Build (or reuse) a release and roll it out.
+    Deploy,
+    /// Roll an older release out again.
+    Rollback,
+    /// Replace every instance of the current release, one batch at a time.
+    Restart,
+}
+
+/// Where a deployment is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentState {
+    /// Unpacking and running the build command.
+    Building,
+    /// Starting new instances and draining old ones.
+    RollingOut,
+    /// All new instances serve; watching them for the verification window.
+    Verifying,
+    /// The new release serves.
+    Succeeded,
+    /// Nothing changed: the build failed or the release could not start.
+    Failed,
+    /// The new release was unhealthy; the previous one serves again.
+    RolledBack,
+    /// Another deployment of the same service took over.
+    Superseded,
+}
+
+impl DeploymentState {
+    /// Whether the deployment is over.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::RolledBack | Self::Superseded
+        )
+    }
+}
+
+/// One timestamped step of a deployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DeploymentStep {
+    /// When the step happened.
+    pub at: Timestamp,
+    /// The state entered, or a milestone inside it.
+    pub step: String,
+    /// Details for people.
+    pub detail: String,
+}
+
+/// The rollout of one release, with its persisted steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Deployment {
+    /// Unique id.
+    pub id: i64,
+    /// The service.
+    pub service: String,
+    /// What it does.
+    pub kind: DeploymentKind,
+    /// The release rolled out (unknown while building).
+    pub release: Option<u32>,
+    /// The release that served before.
+    pub previous: Option<u32>,
+    /// Where it is.
+    pub state: DeploymentState,
+    /// Why it failed or was rolled back.
+    pub reason: Option<String>,
+    /// What happened, in order.
+    pub steps: Vec<DeploymentStep>,
+    /// Who started it.
+    pub actor: Option<String>,
+    /// When it started.
+    pub created_at: Timestamp,
+    /// Last change.
+    pub updated_at: Timestamp,
+}
+
+/// Where an instance is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    /// Recorded, process not started yet (or waiting out a restart backoff).
+    Pending,
+    /// Running, not yet healthy.
+    Starting,
+    /// Healthy: receives traffic.
+    Ready,
+    /// Was ready, now failing its health check: out of traffic.
+    Unhealthy,
+    /// Leaving: out of traffic, finishing requests, then stopped.
+    Draining,
+    /// Exited unexpectedly; restarts after a backoff.
+    Crashed,
+}
+
+impl InstanceState {
+    /// The snake_case name used in the store and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Starting => "starting",
+            Self::Ready => "ready",
+            Self::Unhealthy => "unhealthy",
+            Self::Draining => "draining",
+            Self::Crashed => "crashed",
+        }
+    }
+
+    /// Parses the snake_case name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Self::Pending,
+            "starting" => Self::Starting,
+            "ready" => Self::Ready,
+            "unhealthy" => Self::Unhealthy,
+            "draining" => Self::Draining,
+            "crashed" => Self::Crashed,
+            _ => return None,
+        })
+    }
+}
+
+/// One running (or about to run) copy of a release.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Instance {
+    /// Unique id (`checkout-v3-7f3a`).
+    pub id: String,
+    /// Release it runs.
+    pub release: u32,
+    /// Port it listens on (its `$PORT`).
+    pub port: u16,
+    /// Where it is in its life.
+    pub state: InstanceState,
+    /// Process id, when running.
+    pub pid: Option<u32>,
+    /// Restarts after crashes or failed health checks.
+    pub restarts: u32,
+    /// When the current process started.
+    pub started_at: Option<Timestamp>,
+    /// How the last process ended, if it did.
+    pub last_exit: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

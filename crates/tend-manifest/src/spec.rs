@@ -35,6 +35,8 @@ pub const DEFAULT_START_PERIOD: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_SURGE: u32 = 1;
 /// Default `[deploy] max_unavailable`.
 pub const DEFAULT_MAX_UNAVAILABLE: u32 = 0;
+/// Default `[deploy] verify`.
+pub const DEFAULT_VERIFY: Duration = Duration::from_secs(10);
 /// Default `[deploy] healthy_deadline`.
 pub const DEFAULT_HEALTHY_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -183,6 +185,11 @@ pub struct DeploySection {
     #[serde(with = "serde_duration")]
     #[schema(value_type = String, example = "60s")]
     pub healthy_deadline: Duration,
+    /// How long every new instance must keep running after the rollout before
+    /// the deployment succeeds; a crash in this window rolls back.
+    #[serde(with = "serde_duration")]
+    #[schema(value_type = String, example = "10s")]
+    pub verify: Duration,
 }
 
 impl Default for DeploySection {
@@ -193,6 +200,7 @@ impl Default for DeploySection {
             max_unavailable: DEFAULT_MAX_UNAVAILABLE,
             auto_rollback: true,
             healthy_deadline: DEFAULT_HEALTHY_DEADLINE,
+            verify: DEFAULT_VERIFY,
         }
     }
 }

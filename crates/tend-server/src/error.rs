@@ -130,3 +130,19 @@ impl IntoResponse for ApiError {
         resp
     }
 }
+
+impl From<tend_deploy::DeployError> for ApiError {
+    fn from(e: tend_deploy::DeployError) -> Self {
+        use tend_deploy::DeployError as D;
+        match e {
+            D::Store(s) => s.into(),
+            D::Pack(p) => Self::BadRequest(p.to_string()),
+            D::NoRelease(_) | D::NothingToRollBack(_) => Self::Conflict(e.to_string()),
+            D::Invalid(m) => Self::BadRequest(m),
+            other => {
+                tracing::error!(error = %other, "deployer failure");
+                Self::Internal(other.to_string())
+            }
+        }
+    }
+}

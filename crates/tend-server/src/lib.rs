@@ -54,6 +54,9 @@ pub enum StartError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The runtime or the deployer could not start.
+    #[error("cannot start deployment automation: {0}")]
+    Deploy(String),
     /// The admin token file could not be written.
     #[error("cannot write {path}: {source}")]
     TokenFile {
@@ -69,6 +72,10 @@ pub enum StartError {
 pub struct AppState {
     /// The control-plane store.
     pub store: Arc<Store>,
+    /// Deployment automation: builds, rollouts, supervision.
+    pub deployer: tend_deploy::Deployer,
+    /// Where the router listens (for the URLs shown in status).
+    pub router_addr: SocketAddr,
 }
 
 /// A bound, not yet serving, server.
@@ -100,10 +107,21 @@ impl Server {
                     addr: config.listen,
                     source,
                 })?;
+        let store = Arc::new(store);
+        let runtime = tend_runtime::ProcessRuntime::new(config.data_dir.join("instances"))
+            .map_err(|e| StartError::Deploy(e.to_string()))?;
+        let deployer = tend_deploy::Deployer::start(
+            store.clone(),
+            Arc::new(runtime),
+            tend_deploy::DeployConfig::new(config.data_dir.clone()),
+        )
+        .map_err(|e| StartError::Deploy(e.to_string()))?;
         Ok(Self {
             listener,
             state: AppState {
-                store: Arc::new(store),
+                store,
+                deployer,
+                router_addr: config.router_listen,
             },
             body_limit: config.body_limit,
             bootstrap_token,

@@ -15,6 +15,7 @@ use utoipa::{Modify, OpenApi};
         (name = "tokens", description = "API tokens"),
         (name = "services", description = "The service catalog"),
         (name = "audit", description = "The audit trail"),
+        (name = "deploy", description = "Releases, deployments and operations"),
     )
 )]
 struct Base;

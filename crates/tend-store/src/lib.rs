@@ -11,6 +11,7 @@
 //! No other crate writes SQL: callers get a [`Tx`] with domain methods.
 
 mod audit;
+mod deploy;
 mod events;
 mod migrations;
 mod services;
@@ -25,6 +26,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use tend_core::Timestamp;
 
 pub use audit::AuditQuery;
+pub use deploy::{Desired, InstanceRecord};
 pub use services::{ServiceRecord, UpsertOutcome};
 pub use tokens::{NewToken, TokenLookup};
 

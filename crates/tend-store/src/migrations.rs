@@ -62,16 +62,22 @@ const MIGRATIONS: &[&str] = &[
         manifest    TEXT NOT NULL,
         generation  INTEGER NOT NULL DEFAULT 1,
         created_at  INTEGER NOT NULL,
-        updated_at  INTEGER NOT NULL
+        updated_at  INTEGER NOT NULL,
+        -- Desired state of the runtime: which release runs, how many, or none.
+        desired_release INTEGER,
+        scale           INTEGER,
+        stopped         INTEGER NOT NULL DEFAULT 0
     ) STRICT;
 
+    -- Immutable once written: a release is an artifact plus the spec it runs with.
     CREATE TABLE releases (
         id          INTEGER PRIMARY KEY,
         service_id  INTEGER NOT NULL REFERENCES services(id) ON DELETE CASCADE,
         version     INTEGER NOT NULL,
         spec        TEXT NOT NULL,
-        artifact    TEXT,
+        artifact    TEXT NOT NULL,
         config      TEXT NOT NULL DEFAULT '{}',
+        description TEXT NOT NULL DEFAULT '',
         created_at  INTEGER NOT NULL,
         created_by  TEXT,
         UNIQUE (service_id, version)
@@ -80,20 +86,31 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE deployments (
         id          INTEGER PRIMARY KEY,
         service_id  INTEGER NOT NULL REFERENCES services(id) ON DELETE CASCADE,
-        release_id  INTEGER NOT NULL REFERENCES releases(id) ON DELETE CASCADE,
+        kind        TEXT NOT NULL,
+        release     INTEGER,
+        previous    INTEGER,
         state       TEXT NOT NULL,
-        detail      TEXT,
+        reason      TEXT,
+        steps       TEXT NOT NULL DEFAULT '[]',
+        actor       TEXT,
         created_at  INTEGER NOT NULL,
         updated_at  INTEGER NOT NULL
     ) STRICT;
+    CREATE INDEX deployments_service ON deployments(service_id, id);
 
+    -- An instance row is written before its process starts (handle NULL), so a
+    -- crash between the two leaves a record to reconcile, never an unknown process.
     CREATE TABLE instances (
         id          TEXT PRIMARY KEY,
         service_id  INTEGER NOT NULL REFERENCES services(id) ON DELETE CASCADE,
-        release_id  INTEGER NOT NULL REFERENCES releases(id) ON DELETE CASCADE,
+        release     INTEGER NOT NULL,
+        port        INTEGER NOT NULL,
         state       TEXT NOT NULL,
         handle      TEXT,
+        restarts    INTEGER NOT NULL DEFAULT 0,
+        last_exit   TEXT,
         created_at  INTEGER NOT NULL,
+        started_at  INTEGER,
         updated_at  INTEGER NOT NULL
     ) STRICT;
 

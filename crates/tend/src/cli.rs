@@ -71,6 +71,22 @@ pub enum Command {
     Validate(PathArg),
     /// Register or update the service described by a tend.toml
     Apply(PathArg),
+    /// Build and roll out a service (or roll out an existing release with --release)
+    Deploy(DeployArgs),
+    /// Show a service: release, instances with state, health, restarts, uptime, URLs
+    Status(NameArg),
+    /// List a service's releases with who made them and when
+    Releases(NameArg),
+    /// Roll a service back to the previous release (or --to vN)
+    Rollback(RollbackArgs),
+    /// Set how many instances of a service run
+    Scale(ScaleArgs),
+    /// Replace every instance of a service, batch by batch, without downtime
+    Restart(WaitArgs),
+    /// Drain and stop every instance of a service
+    Stop(NameArg),
+    /// Start a stopped service again
+    Start(NameArg),
     /// List services, or show and delete one
     #[command(alias = "service", alias = "svc")]
     Services(ServicesArgs),
@@ -133,6 +149,65 @@ pub struct PathArg {
     /// A tend.toml, or the directory that holds one
     #[arg(default_value = ".", value_name = "PATH")]
     pub path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// A tend.toml, or the directory that holds one (the directory is uploaded)
+    #[arg(default_value = ".", value_name = "PATH")]
+    pub path: PathBuf,
+    /// Roll out this existing release (v3 or 3) instead of building
+    #[arg(long, value_name = "VERSION", value_parser = parse_version)]
+    pub release: Option<u32>,
+    /// Return once the deployment is accepted instead of following it
+    #[arg(long)]
+    pub detach: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct NameArg {
+    /// Service name
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Service name
+    pub name: String,
+    /// Return at once instead of following the rollout
+    #[arg(long)]
+    pub detach: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// Service name
+    pub name: String,
+    /// The release to go back to (v3 or 3) [default: the one before the current]
+    #[arg(long, value_name = "VERSION", value_parser = parse_version)]
+    pub to: Option<u32>,
+    /// Return at once instead of following the rollout
+    #[arg(long)]
+    pub detach: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// Service name
+    pub name: String,
+    /// Number of instances
+    pub instances: u32,
+}
+
+/// Parses `v3` or `3`.
+fn parse_version(s: &str) -> Result<u32, String> {
+    s.trim_start_matches(['v', 'V'])
+        .parse::<u32>()
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| {
+            format!("`{s}` is not a release: use v1, v2, ... (see `tend releases NAME`)")
+        })
 }
 
 #[derive(Debug, Args)]

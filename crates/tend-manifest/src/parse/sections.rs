@@ -340,12 +340,14 @@ impl Walker<'_> {
         let healthy_deadline = self
             .duration(t, "healthy_deadline", false)
             .or(DEFAULT_HEALTHY_DEADLINE);
+        let verify = self.duration(t, "verify", true).or(DEFAULT_VERIFY);
         Some(DeploySection {
             strategy: strategy?,
             max_surge: surge?.0,
             max_unavailable: unavailable?.0,
             auto_rollback,
             healthy_deadline,
+            verify,
         })
         .filter(|_| both_ok)
     }

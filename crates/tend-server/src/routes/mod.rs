@@ -2,6 +2,7 @@
 //! router is built from the same list as the spec, so the two cannot drift.
 
 mod audit;
+mod deploy;
 mod meta;
 mod services;
 mod teams;
@@ -25,6 +26,7 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .merge(tokens::routes())
         .merge(services::routes())
         .merge(audit::routes())
+        .merge(deploy::routes())
 }
 
 pub(crate) fn router(state: AppState, body_limit: usize) -> Router {

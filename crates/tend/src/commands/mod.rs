@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod demo;
+pub mod deploy;
 pub mod login;
 pub mod manifest;
 pub mod server;
