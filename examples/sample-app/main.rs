@@ -1,25 +1,23 @@
-//! tend-sample-app: a small HTTP service that misbehaves on demand.
+//! tend-sample-app: a small HTTP service (axum) that misbehaves on demand.
 //!
 //! `tend demo` deploys it and the integration tests run it, so it must be
 //! predictable: everything it does is switched on by environment variables.
-//! It is built as a second binary of the `tend` package
+//! Built as a second binary of the `tend` package
 //! (`cargo build -p tend --bin tend-sample-app`).
 //!
-//! Endpoints (on 127.0.0.1:$PORT):
+//! Endpoints (on 127.0.0.1:$PORT; HEAD works wherever GET does):
 //!   GET  /                 JSON: service, release, instance, pid, uptime_seconds
 //!   GET  /healthz          200 "ok", or 503 "unhealthy" (see the knobs)
 //!   GET  /metrics          Prometheus text format 0.0.4
 //!   GET  /work?ms=N        sleeps N ms, then answers (slow requests, drains)
 //!   GET|POST /echo         answers the request body with its content type
-//!   GET  /status/{code}    answers that status (200..=599)
+//!   GET  /status/{code}    answers that status (200..=599, else 400)
 //!   GET  /stream?chunks=N&interval_ms=M
 //!                          N lines ("chunk i/N"), M ms apart, chunked encoding
-//! HEAD works wherever GET does.
 //!
 //! Environment:
 //!   PORT                        required, 1..=65535
-//!   TEND_SERVICE, TEND_RELEASE, TEND_INSTANCE
-//!                               set by tend; echoed by `GET /`
+//!   TEND_SERVICE, TEND_RELEASE, TEND_INSTANCE   echoed by `GET /`
 //!   SAMPLE_CRASH_AT_BOOT=1      log an error and exit 1 before listening
 //!   SAMPLE_BOOT_DELAY=<dur>     wait that long before listening
 //!   SAMPLE_NEVER_HEALTHY=1      serve normally, but /healthz is always 503
@@ -34,45 +32,41 @@
 //!   SAMPLE_LOG_LINES_PER_SEC=<n>  emit n filler log lines per second
 //!   SAMPLE_LOG_LEVEL            only echoed in the "listening" line
 //! Flags accept 1/true/yes and 0/false/no. Durations are `<n>ms`, `<n>s` or
-//! `<n>m` (e.g. `500ms`, `3s`, `2m`). A bad value is reported naming the
-//! variable, and the process exits 2.
+//! `<n>m`. A bad value is reported naming the variable, and the process exits 2.
 //!
 //! Logs: one JSON object per line on stdout — lifecycle events and one line
-//! per request (`method`, `path`, `status`, `duration_ms`). Lines at level
-//! "error" are copied to stderr.
+//! per request (`method`, `path`, `status`, `duration_ms`, measured to the last
+//! byte of the body). Lines at level "error" are copied to stderr.
 //!
 //! SIGTERM or SIGINT shut down gracefully: stop accepting, close idle
 //! connections, let in-flight requests finish (up to 30 s), exit 0. A second
-//! signal during the drain exits 1 at once.
-//!
-//! Exit codes: 0 graceful stop, 1 SAMPLE_CRASH_AT_BOOT or cannot listen,
-//! 2 bad configuration, 3 SAMPLE_CRASH_AFTER.
-//!
-//! The HTTP/1.1 server below is hand-written on tokio so the example needs no
-//! dependency beyond those of `tend`. It handles keep-alive, Content-Length and
-//! chunked request bodies, and chunked responses — enough for tests and demos,
-//! not a general-purpose server.
+//! signal during the drain exits 1 at once. Exit codes: 0 graceful stop,
+//! 1 SAMPLE_CRASH_AT_BOOT or cannot listen, 2 bad configuration,
+//! 3 SAMPLE_CRASH_AFTER.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use axum::body::{Body, Bytes, HttpBody as _};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header::CONTENT_TYPE, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{from_fn_with_state, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures_util::StreamExt as _;
 use serde_json::{json, Value};
-use tokio::io::{
-    AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
-};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
-use tokio::time::{sleep, timeout};
+use tokio::time::sleep;
 
 const MAX_BODY: usize = 8 << 20;
-const MAX_LINE: u64 = 8 << 10;
-const MAX_HEADERS: usize = 100;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -178,9 +172,16 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 // ---------------------------------------------------------------- logging
 
+/// `log!(level, msg, {"field": value, ..})`: see `emit`.
+macro_rules! log {
+    ($level:expr, $msg:expr, $fields:tt) => {
+        emit($level, $msg, json!($fields))
+    };
+}
+
 /// Writes `{"ts":..,"level":..,"msg":..,<fields>}` as one line on stdout
 /// (and stderr for errors). Write errors are ignored: logging must not crash.
-fn log(level: &str, msg: &str, fields: Value) {
+fn emit(level: &str, msg: &str, fields: Value) {
     let ts = humantime::format_rfc3339_millis(SystemTime::now());
     let mut line = format!(
         r#"{{"ts":"{ts}","level":"{level}","msg":{}"#,
@@ -220,40 +221,45 @@ struct Metrics {
 }
 
 impl App {
-    /// Whether this `/` or `/work` request should fail (SAMPLE_ERROR_RATE).
-    /// Request n fails when floor(n * rate) steps up, so exactly `rate` fail.
+    /// Whether this request should fail (SAMPLE_ERROR_RATE). Request n fails
+    /// when floor(n * rate) steps up, so exactly `rate` of them fail.
     fn inject_error(&self) -> bool {
-        let rate = self.cfg.error_rate;
-        let n = self.error_candidates.fetch_add(1, Relaxed) as f64;
+        let (rate, n) = (
+            self.cfg.error_rate,
+            self.error_candidates.fetch_add(1, Relaxed) as f64,
+        );
         rate > 0.0 && ((n + 1.0) * rate).floor() > (n * rate).floor()
     }
 
-    fn record(&self, method: &str, status: u16, elapsed: Duration) {
-        let mut m = self
-            .metrics
+    fn metrics(&self) -> std::sync::MutexGuard<'_, Metrics> {
+        self.metrics
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *m.requests
-            .entry((method_label(method), status))
-            .or_default() += 1;
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn record(&self, method: &Method, status: u16, elapsed: Duration) {
+        // Bounds the label's values, whatever clients send.
+        let known = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+        let method = known
+            .into_iter()
+            .find(|m| *m == method.as_str())
+            .unwrap_or("OTHER");
+        let mut m = self.metrics();
+        *m.requests.entry((method, status)).or_default() += 1;
         let secs = elapsed.as_secs_f64();
         for (bucket, le) in m.buckets.iter_mut().zip(BUCKETS) {
-            if secs <= le {
-                *bucket += 1;
-            }
+            *bucket += u64::from(secs <= le);
         }
         m.sum_secs += secs;
         m.count += 1;
     }
 
     fn render_metrics(&self) -> String {
-        let m = self
-            .metrics
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut out = String::new();
-        out += "# HELP http_requests_total HTTP requests answered, by method and status code.\n";
-        out += "# TYPE http_requests_total counter\n";
+        let m = self.metrics();
+        let mut out = String::from(
+            "# HELP http_requests_total HTTP requests answered, by method and status code.\n\
+             # TYPE http_requests_total counter\n",
+        );
         for ((method, code), n) in &m.requests {
             let _ = writeln!(
                 out,
@@ -261,19 +267,15 @@ impl App {
             );
         }
         out +=
-            "# HELP http_request_duration_seconds Time from request read to last byte written.\n";
-        out += "# TYPE http_request_duration_seconds histogram\n";
-        for (n, le) in m.buckets.iter().zip(BUCKETS) {
+            "# HELP http_request_duration_seconds Time from request read to last byte written.\n\
+                # TYPE http_request_duration_seconds histogram\n";
+        let buckets = m.buckets.iter().zip(BUCKETS.map(|le| le.to_string()));
+        for (n, le) in buckets.chain([(&m.count, "+Inf".into())]) {
             let _ = writeln!(
                 out,
                 r#"http_request_duration_seconds_bucket{{le="{le}"}} {n}"#
             );
         }
-        let _ = writeln!(
-            out,
-            r#"http_request_duration_seconds_bucket{{le="+Inf"}} {}"#,
-            m.count
-        );
         let _ = writeln!(out, "http_request_duration_seconds_sum {}", m.sum_secs);
         let _ = writeln!(out, "http_request_duration_seconds_count {}", m.count);
         let gauges = [
@@ -303,403 +305,158 @@ impl App {
     }
 }
 
-/// Bounds the label's values, whatever clients send.
-fn method_label(method: &str) -> &'static str {
-    ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
-        .into_iter()
-        .find(|m| *m == method)
-        .unwrap_or("OTHER")
+// ---------------------------------------------------------------- HTTP
+
+type AppState = State<Arc<App>>;
+type Params = Query<Vec<(String, String)>>;
+
+fn router(app: Arc<App>) -> Router {
+    let text = |status, body: &'static str| move || async move { (status, body) };
+    Router::new()
+        .route("/", get(root))
+        .route("/work", get(work))
+        .route_layer(from_fn_with_state(app.clone(), inject_errors))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/echo", get(echo).post(echo))
+        .route("/status/{*code}", get(status))
+        .route("/stream", get(stream))
+        .method_not_allowed_fallback(text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"))
+        .fallback(text(StatusCode::NOT_FOUND, "not found\n"))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(from_fn_with_state(app.clone(), observe))
+        .with_state(app)
 }
 
-// ---------------------------------------------------------------- handlers
-
-struct Request {
-    method: String,
+/// Logs, times and counts one request when dropped (after its body is sent).
+struct Done {
+    app: Arc<App>,
+    method: Method,
     path: String,
-    query: Vec<(String, String)>,
-    content_type: Option<String>,
-    body: Vec<u8>,
-    http10: bool,
-    keep_alive: bool,
-}
-
-enum Body {
-    Full(Vec<u8>),
-    Lines { count: u64, interval: Duration },
-}
-
-struct Response {
+    started: Instant,
     status: u16,
-    content_type: String,
-    body: Body,
 }
 
-fn text(status: u16, body: impl Into<String>) -> Response {
-    let body = Body::Full(body.into().into_bytes());
-    Response {
-        status,
-        content_type: "text/plain; charset=utf-8".into(),
-        body,
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.app.in_flight.fetch_sub(1, Relaxed);
+        let elapsed = self.started.elapsed();
+        self.app.record(&self.method, self.status, elapsed);
+        let ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3;
+        let (method, path, status) = (self.method.as_str(), &self.path, self.status);
+        log!("info", "request", {
+            "method": method, "path": path, "status": status, "duration_ms": ms
+        });
     }
 }
 
-fn json_response(status: u16, value: Value) -> Response {
-    let body = Body::Full(value.to_string().into_bytes());
-    Response {
-        status,
-        content_type: "application/json".into(),
-        body,
-    }
-}
-
-impl Request {
-    /// A numeric query parameter (`default` when absent).
-    fn query_u64(&self, key: &str, default: u64) -> Result<u64, Response> {
-        match self.query.iter().find(|(k, _)| k == key) {
-            None => Ok(default),
-            Some((_, v)) => v
-                .parse()
-                .map_err(|_| text(400, format!("{key} must be a whole number\n"))),
-        }
-    }
-}
-
-async fn handle(app: &App, req: &Request) -> Response {
-    let get = matches!(req.method.as_str(), "GET" | "HEAD");
-    let path = req.path.as_str();
-    let result = match path {
-        "/" if get => Ok(root(app)),
-        "/healthz" if get => Ok(if app.healthy.load(Relaxed) {
-            text(200, "ok\n")
-        } else {
-            text(503, "unhealthy\n")
-        }),
-        "/metrics" if get => Ok(Response {
-            status: 200,
-            content_type: "text/plain; version=0.0.4; charset=utf-8".into(),
-            body: Body::Full(app.render_metrics().into_bytes()),
-        }),
-        "/work" if get => work(app, req).await,
-        "/echo" if get || req.method == "POST" => Ok(Response {
-            status: 200,
-            content_type: req
-                .content_type
-                .clone()
-                .unwrap_or_else(|| "application/octet-stream".into()),
-            body: Body::Full(req.body.clone()),
-        }),
-        "/stream" if get => req.query_u64("chunks", 5).and_then(|count| {
-            let interval = Duration::from_millis(req.query_u64("interval_ms", 100)?);
-            Ok(Response {
-                status: 200,
-                content_type: "text/plain; charset=utf-8".into(),
-                body: Body::Lines { count, interval },
-            })
-        }),
-        p if get && p.starts_with("/status/") => match p["/status/".len()..].parse::<u16>() {
-            Ok(code @ 200..=599) => Ok(text(code, format!("{code} {}\n", reason(code)))),
-            _ => Ok(text(400, "status must be a number from 200 to 599\n")),
-        },
-        "/" | "/healthz" | "/metrics" | "/work" | "/echo" | "/stream" => {
-            Ok(text(405, "method not allowed\n"))
-        }
-        p if p.starts_with("/status/") => Ok(text(405, "method not allowed\n")),
-        _ => Ok(text(404, "not found\n")),
+/// Request log, metrics and in-flight gauge. The handler runs in its own task
+/// so it finishes (and is logged) even if the client goes away; a streamed
+/// body carries the `Done` guard until its last chunk is written.
+async fn observe(State(app): AppState, req: Request, next: Next) -> Response {
+    app.in_flight.fetch_add(1, Relaxed);
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let mut done = Done {
+        app,
+        method,
+        path,
+        started: Instant::now(),
+        status: 500,
     };
-    result.unwrap_or_else(|bad_request| bad_request)
+    let handled = tokio::spawn(async move {
+        let resp = next.run(req).await;
+        done.status = resp.status().as_u16();
+        (resp, done)
+    });
+    let Ok((resp, done)) = handled.await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    if resp.body().size_hint().exact().is_some() {
+        return resp;
+    }
+    resp.map(|body| {
+        Body::from_stream(body.into_data_stream().map(move |chunk| {
+            let _done = &done;
+            chunk
+        }))
+    })
 }
 
-fn root(app: &App) -> Response {
-    if app.inject_error() {
-        return json_response(
-            500,
-            json!({"error": "injected failure (SAMPLE_ERROR_RATE)"}),
-        );
+/// SAMPLE_ERROR_RATE, for the routes it wraps: turns some 200s into 500s.
+async fn inject_errors(State(app): AppState, req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    if resp.status() != StatusCode::OK || !app.inject_error() {
+        return resp;
     }
+    let error = json!({"error": "injected failure (SAMPLE_ERROR_RATE)"});
+    (StatusCode::INTERNAL_SERVER_ERROR, Json(error)).into_response()
+}
+
+/// A whole-number query parameter (`default` when absent), or a 400.
+fn param(Query(params): &Params, key: &str, default: u64) -> Result<u64, (StatusCode, String)> {
+    let Some((_, v)) = params.iter().find(|(k, _)| k == key) else {
+        return Ok(default);
+    };
+    let why = format!("{key} must be a whole number\n");
+    v.parse().map_err(|_| (StatusCode::BAD_REQUEST, why))
+}
+
+async fn root(State(app): AppState) -> Json<Value> {
     let c = &app.cfg;
-    json_response(
-        200,
-        json!({
-            "service": c.service, "release": c.release, "instance": c.instance,
-            "pid": std::process::id(), "uptime_seconds": app.started.elapsed().as_secs_f64(),
-        }),
-    )
-}
-
-async fn work(app: &App, req: &Request) -> Result<Response, Response> {
-    let ms = req.query_u64("ms", 0)?;
-    sleep(Duration::from_millis(ms)).await;
-    if app.inject_error() {
-        return Ok(json_response(
-            500,
-            json!({"error": "injected failure (SAMPLE_ERROR_RATE)"}),
-        ));
-    }
-    Ok(json_response(200, json!({"slept_ms": ms})))
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        202 => "Accepted",
-        204 => "No Content",
-        301 => "Moved Permanently",
-        302 => "Found",
-        304 => "Not Modified",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        413 => "Content Too Large",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Status",
-    }
-}
-
-// ------------------------------------------------------------ HTTP/1.1 wire
-
-/// A status to answer and why, for requests that cannot be read.
-type ReadError = (u16, String);
-
-/// One header or request line, without its CRLF; `None` at end of stream.
-async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<Option<String>, ReadError> {
-    let mut buf = Vec::new();
-    let n = (&mut *r)
-        .take(MAX_LINE)
-        .read_until(b'\n', &mut buf)
-        .await
-        .map_err(|e| (400, e.to_string()))?;
-    if n == 0 {
-        return Ok(None);
-    }
-    if !buf.ends_with(b"\n") {
-        return Err((400, "line too long or truncated".into()));
-    }
-    let line = String::from_utf8(buf).map_err(|_| (400, "line is not UTF-8".to_string()))?;
-    Ok(Some(line.trim_end_matches(['\r', '\n']).to_string()))
-}
-
-async fn read_request<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<Option<Request>, ReadError> {
-    let Some(line) = read_line(r).await? else {
-        return Ok(None);
-    };
-    let parts: Vec<&str> = line.split_whitespace().collect();
-    let [method, target, version] = parts[..] else {
-        return Err((400, format!("malformed request line {line:?}")));
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Err((400, format!("unsupported version {version:?}")));
-    }
-    let mut headers = Vec::new();
-    loop {
-        let line = read_line(r)
-            .await?
-            .ok_or((400, "connection closed in headers".to_string()))?;
-        if line.is_empty() {
-            break;
-        }
-        let (name, value) = line
-            .split_once(':')
-            .ok_or((400, format!("malformed header {line:?}")))?;
-        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
-        if headers.len() > MAX_HEADERS {
-            return Err((400, "too many headers".into()));
-        }
-    }
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.to_ascii_lowercase())
-    };
-    let http10 = version == "HTTP/1.0";
-    let connection = header("connection").unwrap_or_default();
-    let keep_alive = if http10 {
-        connection.contains("keep-alive")
-    } else {
-        !connection.contains("close")
-    };
-
-    let body = if header("transfer-encoding").is_some_and(|te| te.contains("chunked")) {
-        read_chunked(r).await?
-    } else if let Some(len) = header("content-length") {
-        let len: usize = len
-            .parse()
-            .map_err(|_| (400, "bad content-length".to_string()))?;
-        if len > MAX_BODY {
-            return Err((413, "body too large".into()));
-        }
-        let mut body = vec![0; len];
-        r.read_exact(&mut body)
-            .await
-            .map_err(|e| (400, e.to_string()))?;
-        body
-    } else {
-        Vec::new()
-    };
-
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let query = query
-        .split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let content_type = headers
-        .iter()
-        .find(|(k, _)| k == "content-type")
-        .map(|(_, v)| v.clone());
-    Ok(Some(Request {
-        method: method.to_string(),
-        path: path.to_string(),
-        query,
-        content_type,
-        body,
-        http10,
-        keep_alive,
+    Json(json!({
+        "service": c.service, "release": c.release, "instance": c.instance,
+        "pid": std::process::id(), "uptime_seconds": app.started.elapsed().as_secs_f64(),
     }))
 }
 
-async fn read_chunked<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<Vec<u8>, ReadError> {
-    let mut body = Vec::new();
-    loop {
-        let line = read_line(r)
-            .await?
-            .ok_or((400, "connection closed in body".to_string()))?;
-        let size = line.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size, 16)
-            .map_err(|_| (400, format!("bad chunk size {size:?}")))?;
-        if size == 0 {
-            // Skip any trailers, up to the blank line.
-            while read_line(r).await?.is_some_and(|l| !l.is_empty()) {}
-            return Ok(body);
-        }
-        if body.len() + size > MAX_BODY {
-            return Err((413, "body too large".into()));
-        }
-        let start = body.len();
-        body.resize(start + size, 0);
-        r.read_exact(&mut body[start..])
-            .await
-            .map_err(|e| (400, e.to_string()))?;
-        read_line(r).await?; // the CRLF after the chunk's data
+async fn healthz(State(app): AppState) -> (StatusCode, &'static str) {
+    if app.healthy.load(Relaxed) {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n")
     }
 }
 
-async fn write_response<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    head_only: bool,
-    chunked: bool,
-    keep_alive: bool,
-    resp: Response,
-) -> std::io::Result<()> {
-    let connection = if keep_alive { "keep-alive" } else { "close" };
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: {}\r\nconnection: {connection}\r\n",
-        resp.status,
-        reason(resp.status),
-        resp.content_type
-    );
-    match resp.body {
-        Body::Full(body) => {
-            let bodiless = matches!(resp.status, 204 | 304);
-            if !bodiless {
-                let _ = write!(head, "content-length: {}\r\n", body.len());
-            }
-            let mut bytes = head.into_bytes();
-            bytes.extend_from_slice(b"\r\n");
-            if !head_only && !bodiless {
-                bytes.extend_from_slice(&body);
-            }
-            w.write_all(&bytes).await?;
-        }
-        Body::Lines { count, interval } => {
-            // HTTP/1.0 clients get a body delimited by closing the connection.
-            head += if chunked {
-                "transfer-encoding: chunked\r\n\r\n"
-            } else {
-                "\r\n"
-            };
-            w.write_all(head.as_bytes()).await?;
-            w.flush().await?;
-            for i in (1..=count).take_while(|_| !head_only) {
-                if i > 1 {
-                    sleep(interval).await;
-                }
-                let line = format!("chunk {i}/{count}\n");
-                let frame = if chunked {
-                    format!("{:x}\r\n{line}\r\n", line.len())
-                } else {
-                    line
-                };
-                w.write_all(frame.as_bytes()).await?;
-                w.flush().await?;
-            }
-            if chunked {
-                w.write_all(b"0\r\n\r\n").await?;
-            }
-        }
-    }
-    w.flush().await
+async fn metrics(State(app): AppState) -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        app.render_metrics(),
+    )
 }
 
-/// Serves one connection's requests until it closes, fails or we stop.
-async fn serve_conn(stream: TcpStream, app: Arc<App>, mut stop: watch::Receiver<bool>) {
-    let (r, mut w) = stream.into_split();
-    let mut r = BufReader::new(r);
-    loop {
-        // Between requests, an idle connection is closed as soon as we stop.
-        tokio::select! {
-            ready = r.fill_buf() => if !matches!(ready, Ok(b) if !b.is_empty()) { return },
-            Ok(_) = stop.wait_for(|stop| *stop) => return,
+async fn work(params: Params) -> Result<Json<Value>, (StatusCode, String)> {
+    let ms = param(&params, "ms", 0)?;
+    sleep(Duration::from_millis(ms)).await;
+    Ok(Json(json!({"slept_ms": ms})))
+}
+
+async fn echo(headers: HeaderMap, body: Bytes) -> impl IntoResponse {
+    let octets = HeaderValue::from_static("application/octet-stream");
+    let content_type = headers.get(CONTENT_TYPE).cloned().unwrap_or(octets);
+    ([(CONTENT_TYPE, content_type)], body)
+}
+
+async fn status(Path(code): Path<String>) -> Response {
+    let valid = code.parse().ok().filter(|c| (200..=599).contains(c));
+    let Some(Ok(status)) = valid.map(StatusCode::from_u16) else {
+        let why = "status must be a number from 200 to 599\n";
+        return (StatusCode::BAD_REQUEST, why).into_response();
+    };
+    let reason = status.canonical_reason().unwrap_or("Status");
+    (status, format!("{} {reason}\n", status.as_u16())).into_response()
+}
+
+async fn stream(params: Params) -> Result<impl IntoResponse, (StatusCode, String)> {
+    let count = param(&params, "chunks", 5)?;
+    let interval = Duration::from_millis(param(&params, "interval_ms", 100)?);
+    let lines = futures_util::stream::unfold(1, move |i| async move {
+        if i > 1 && i <= count {
+            sleep(interval).await;
         }
-        let started = Instant::now();
-        let req = match read_request(&mut r).await {
-            Ok(Some(req)) => req,
-            Ok(None) => return,
-            Err((status, why)) => {
-                log(
-                    "warn",
-                    "bad request",
-                    json!({"status": status, "error": why}),
-                );
-                let _ = write_response(
-                    &mut w,
-                    false,
-                    false,
-                    false,
-                    text(status, format!("{why}\n")),
-                )
-                .await;
-                return;
-            }
-        };
-        app.in_flight.fetch_add(1, Relaxed);
-        let resp = handle(&app, &req).await;
-        let status = resp.status;
-        let streaming = matches!(resp.body, Body::Lines { .. });
-        let keep_alive = req.keep_alive && !*stop.borrow() && !(req.http10 && streaming);
-        let written =
-            write_response(&mut w, req.method == "HEAD", !req.http10, keep_alive, resp).await;
-        app.in_flight.fetch_sub(1, Relaxed);
-        let elapsed = started.elapsed();
-        app.record(&req.method, status, elapsed);
-        let duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3;
-        log(
-            "info",
-            "request",
-            json!({"method": req.method, "path": req.path, "status": status, "duration_ms": duration_ms}),
-        );
-        if written.is_err() || !keep_alive {
-            return;
-        }
-    }
+        (i <= count).then(|| (Ok::<_, Infallible>(format!("chunk {i}/{count}\n")), i + 1))
+    });
+    let body = Body::from_stream(lines);
+    Ok(([(CONTENT_TYPE, "text/plain; charset=utf-8")], body))
 }
 
 // --------------------------------------------------------------- lifecycle
@@ -713,16 +470,12 @@ async fn run() -> i32 {
     let cfg = match Config::from_env() {
         Ok(cfg) => cfg,
         Err(error) => {
-            log("error", "invalid configuration", json!({"error": error}));
+            log!("error", "invalid configuration", {"error": error});
             return 2;
         }
     };
     if cfg.crash_at_boot {
-        log(
-            "error",
-            "crashing at boot",
-            json!({"knob": "SAMPLE_CRASH_AT_BOOT", "exit_code": 1}),
-        );
+        log!("error", "crashing at boot", {"knob": "SAMPLE_CRASH_AT_BOOT", "exit_code": 1});
         return 1;
     }
     // Handlers first: from here on, SIGTERM never kills us by default.
@@ -732,44 +485,30 @@ async fn run() -> i32 {
     ) {
         (Ok(term), Ok(int)) => (term, int),
         (Err(e), _) | (_, Err(e)) => {
-            log(
-                "error",
-                "cannot install signal handlers",
-                json!({"error": e.to_string()}),
-            );
+            log!("error", "cannot install signal handlers", {"error": e.to_string()});
             return 1;
         }
     };
-    let (stop_tx, mut stop) = watch::channel(false);
+    let (stop_tx, stop) = watch::channel(false);
     tokio::spawn(watch_signals(term, int, cfg.ignore_sigterm, stop_tx));
 
     if let Some(delay) = cfg.boot_delay {
-        log(
-            "info",
-            "delaying boot",
-            json!({"knob": "SAMPLE_BOOT_DELAY", "delay_ms": delay.as_millis() as u64}),
-        );
+        let delay_ms = delay.as_millis() as u64;
+        log!("info", "delaying boot", {"knob": "SAMPLE_BOOT_DELAY", "delay_ms": delay_ms});
         tokio::select! {
             _ = sleep(delay) => {}
-            Ok(_) = stop.wait_for(|stop| *stop) => return 0,
+            _ = stopped(stop.clone()) => return 0,
         }
     }
     let listener = match TcpListener::bind(("127.0.0.1", cfg.port)).await {
         Ok(listener) => listener,
         Err(e) => {
-            log(
-                "error",
-                "cannot listen",
-                json!({"port": cfg.port, "error": e.to_string()}),
-            );
+            log!("error", "cannot listen", {"port": cfg.port, "error": e.to_string()});
             return 1;
         }
     };
-    log(
-        "info",
-        "listening",
-        json!({"port": cfg.port, "pid": std::process::id(), "log_level": cfg.log_level}),
-    );
+    let pid = std::process::id();
+    log!("info", "listening", {"port": cfg.port, "pid": pid, "log_level": cfg.log_level});
 
     let start_unix_secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -785,39 +524,27 @@ async fn run() -> i32 {
         metrics: Mutex::default(),
     });
     spawn_misbehaviour(&app);
-    serve(listener, app, stop).await;
+    let server =
+        axum::serve(listener, router(app.clone())).with_graceful_shutdown(stopped(stop.clone()));
+    let drained = tokio::select! {
+        served = server => match served {
+            Ok(()) => true,
+            Err(e) => {
+                log!("error", "server failed", {"error": e.to_string()});
+                return 1;
+            }
+        },
+        () = async { stopped(stop).await; sleep(DRAIN_TIMEOUT).await } => false,
+    };
+    log!("info", "stopped", {"in_flight": app.in_flight.load(Relaxed), "drained": drained});
     0
 }
 
-/// Accepts connections until told to stop, then drains them.
-async fn serve(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiver<bool>) {
-    let conn_stop = stop.clone();
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            Ok(_) = stop.wait_for(|stop| *stop) => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => { conns.spawn(serve_conn(stream, app.clone(), conn_stop.clone())); }
-                Err(e) => {
-                    log("error", "accept failed", json!({"error": e.to_string()}));
-                    sleep(Duration::from_millis(100)).await;
-                }
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
+/// Resolves once a signal asked us to stop.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    if stop.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await; // no sender: no stop, ever
     }
-    drop(listener);
-    let open = conns.len();
-    let drained = timeout(DRAIN_TIMEOUT, async {
-        while conns.join_next().await.is_some() {}
-    })
-    .await
-    .is_ok();
-    log(
-        "info",
-        "stopped",
-        json!({"open_connections": open, "drained": drained}),
-    );
 }
 
 async fn watch_signals(
@@ -833,20 +560,13 @@ async fn watch_signals(
             _ = int.recv() => "SIGINT",
         };
         if name == "SIGTERM" && ignore_sigterm {
-            log(
-                "warn",
-                "SIGTERM received and ignored",
-                json!({"knob": "SAMPLE_IGNORE_SIGTERM"}),
-            );
+            log!("warn", "SIGTERM received and ignored", {"knob": "SAMPLE_IGNORE_SIGTERM"});
         } else if stopping {
-            log(
-                "error",
-                "second signal while draining, exiting now",
-                json!({"signal": name, "exit_code": 1}),
-            );
+            let msg = "second signal while draining, exiting now";
+            log!("error", msg, {"signal": name, "exit_code": 1});
             std::process::exit(1);
         } else {
-            log("info", "shutting down", json!({"signal": name}));
+            log!("info", "shutting down", {"signal": name});
             stopping = true;
             let _ = stop.send(true);
         }
@@ -859,11 +579,7 @@ fn spawn_misbehaviour(app: &Arc<App>) {
     if let Some(after) = cfg.crash_after {
         tokio::spawn(async move {
             sleep(after).await;
-            log(
-                "error",
-                "crashing",
-                json!({"knob": "SAMPLE_CRASH_AFTER", "exit_code": 3}),
-            );
+            log!("error", "crashing", {"knob": "SAMPLE_CRASH_AFTER", "exit_code": 3});
             std::process::exit(3);
         });
     }
@@ -872,11 +588,7 @@ fn spawn_misbehaviour(app: &Arc<App>) {
         tokio::spawn(async move {
             sleep(after).await;
             app.healthy.store(false, Relaxed);
-            log(
-                "warn",
-                "now unhealthy",
-                json!({"knob": "SAMPLE_UNHEALTHY_AFTER"}),
-            );
+            log!("warn", "now unhealthy", {"knob": "SAMPLE_UNHEALTHY_AFTER"});
         });
     }
     if cfg.leak_mb_per_sec > 0.0 {
@@ -895,19 +607,13 @@ fn spawn_misbehaviour(app: &Arc<App>) {
     if cfg.log_lines_per_sec > 0.0 {
         let rate = cfg.log_lines_per_sec;
         tokio::spawn(async move {
-            let start = Instant::now();
-            let mut emitted: u64 = 0;
+            let (start, mut emitted) = (Instant::now(), 0u64);
             let mut tick = tokio::time::interval(Duration::from_millis(10));
             loop {
                 tick.tick().await;
-                let due = (start.elapsed().as_secs_f64() * rate) as u64;
-                while emitted < due {
+                while emitted < (start.elapsed().as_secs_f64() * rate) as u64 {
                     emitted += 1;
-                    log(
-                        "info",
-                        "filler",
-                        json!({"knob": "SAMPLE_LOG_LINES_PER_SEC", "seq": emitted}),
-                    );
+                    log!("info", "filler", {"knob": "SAMPLE_LOG_LINES_PER_SEC", "seq": emitted});
                 }
             }
         });

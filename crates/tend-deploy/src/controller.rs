@@ -131,6 +131,8 @@ struct Inner {
     live: Mutex<HashMap<String, Live>>,
     /// When crashed instances may start again.
     backoff: Mutex<HashMap<String, Instant>>,
+    /// Health results of instances whose process ended, for failure reports.
+    last_checks: Mutex<HashMap<String, Vec<String>>>,
     /// Builds in progress (their working copies are not garbage).
     builds: Mutex<HashSet<i64>>,
 }
@@ -178,6 +180,7 @@ impl Deployer {
                 routes,
                 live: Mutex::new(HashMap::new()),
                 backoff: Mutex::new(HashMap::new()),
+                last_checks: Mutex::new(HashMap::new()),
                 builds: Mutex::new(HashSet::new()),
             }),
         };
@@ -640,6 +643,19 @@ impl Deployer {
         Ok(())
     }
 
+    /// Drops the live state of an instance whose process ended, keeping its
+    /// latest health results for a failure report.
+    fn forget_live(&self, id: &str) -> Option<Live> {
+        let l = lock(&self.inner.live).remove(id)?;
+        let mut last = lock(&self.inner.last_checks);
+        // Bounded: only the latest few matter.
+        if last.len() > 1000 {
+            last.clear();
+        }
+        last.insert(id.to_string(), l.health.report());
+        Some(l)
+    }
+
     /// Re-attaches to or notices the exit of one instance.
     async fn observe(
         &self,
@@ -711,8 +727,8 @@ impl Deployer {
                     return Ok(());
                 }
                 if let State::Exited { code, signal } = inner.runtime.inspect(&handle).await? {
-                    let uptime = lock(&inner.live)
-                        .remove(&id)
+                    let uptime = self
+                        .forget_live(&id)
                         .map(|l| l.since.elapsed())
                         .unwrap_or_default();
                     let _ = inner.runtime.destroy(&handle).await;
@@ -967,17 +983,18 @@ impl Deployer {
     /// lines of the failing instance.
     fn failure_report(&self, rec: &InstanceRecord, what: &str) -> String {
         let mut out = format!("{what}\n");
-        let live = lock(&self.inner.live);
-        if let Some(l) = live.get(&rec.instance.id) {
-            let checks = l.health.report();
-            if !checks.is_empty() {
-                out.push_str("health checks:\n");
-                for c in checks {
-                    out.push_str(&format!("  {c}\n"));
-                }
+        let id = &rec.instance.id;
+        let checks = lock(&self.inner.live)
+            .get(id)
+            .map(|l| l.health.report())
+            .or_else(|| lock(&self.inner.last_checks).get(id).cloned())
+            .unwrap_or_default();
+        if !checks.is_empty() {
+            out.push_str("health checks:\n");
+            for c in checks {
+                out.push_str(&format!("  {c}\n"));
             }
         }
-        drop(live);
         let handle: Option<Handle> = rec
             .handle
             .as_deref()
@@ -1114,6 +1131,9 @@ impl Deployer {
         let svc = service.clone();
         let iid = id.to_string();
         let health_spec = spec.and_then(|s| s.health.clone());
+        let grace = spec
+            .map(|s| s.run.grace_period)
+            .unwrap_or(Duration::from_secs(10));
         let work_dir = handle.work_dir.clone();
         tasks.push(
             tokio::spawn(async move {
@@ -1157,7 +1177,7 @@ impl Deployer {
                                 Verdict::Same => {}
                                 Verdict::BecameReady | Verdict::BecameUnready => d.wake(&svc),
                                 Verdict::Restart => {
-                                    d.liveness_failed(&svc, &iid, &hs);
+                                    d.liveness_failed(&svc, &iid, &hs, grace);
                                     return;
                                 }
                             }
@@ -1184,8 +1204,14 @@ impl Deployer {
 
     /// An instance failed its checks too often: replace it (stop, then the
     /// supervisor restarts it with backoff).
-    fn liveness_failed(&self, service: &ServiceName, id: &str, hs: &tend_manifest::HealthSection) {
-        let (handle, grace) = {
+    fn liveness_failed(
+        &self,
+        service: &ServiceName,
+        id: &str,
+        hs: &tend_manifest::HealthSection,
+        grace: Duration,
+    ) {
+        let handle = {
             let mut live = lock(&self.inner.live);
             let Some(l) = live.get_mut(id) else { return };
             if l.stopping {
@@ -1202,7 +1228,7 @@ impl Deployer {
                 "failed {} health checks in a row ({last})",
                 hs.unhealthy_threshold
             ));
-            (l.handle.clone(), Duration::from_secs(2))
+            l.handle.clone()
         };
         let reason = lock(&self.inner.live)
             .get(id)
@@ -1269,7 +1295,7 @@ impl Deployer {
             if let Err(e) = rt.destroy(&handle).await {
                 tracing::warn!(instance = %id, error = %e, "cannot clean up the instance's files");
             }
-            let service = lock(&d.inner.live).remove(&id).map(|l| l.service.clone());
+            let service = d.forget_live(&id).map(|l| l.service.clone());
             let r = d.inner.store.write(|tx| {
                 let rec = tx
                     .instances(None)?

@@ -120,7 +120,11 @@ pub(crate) const DEPLOY: &[Field] = &[
         "healthy_deadline = \"60s\"",
         &["deadline", "timeout"],
     ),
-    aliased("verify", "verify = \"10s\"", &["verify_window", "verification"]),
+    aliased(
+        "verify",
+        "verify = \"10s\"",
+        &["verify_window", "verification"],
+    ),
 ];
 
 /// One `[[alerts]]` entry.

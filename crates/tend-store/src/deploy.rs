@@ -483,10 +483,11 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Marks an instance crashed and counts a restart; the process is gone.
+    /// Marks an instance crashed and counts a restart; the process is gone, its
+    /// handle stays (it locates the instance's log files).
     pub fn instance_crashed(&mut self, id: &str, last_exit: &str) -> Result<()> {
         self.txn.execute(
-            "UPDATE instances SET state = 'crashed', handle = NULL, last_exit = ?1,
+            "UPDATE instances SET state = 'crashed', last_exit = ?1,
                     restarts = restarts + 1, updated_at = ?2
              WHERE id = ?3",
             params![last_exit, self.now.as_millis(), id],

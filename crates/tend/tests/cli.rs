@@ -16,7 +16,11 @@ fn validate_exit_codes_and_diagnostics() {
     assert!(ok(&o).contains("valid manifest for service `checkout`"));
 
     let bad = dir.path().join("tend.toml");
-    std::fs::write(&bad, "[service]\nname = \"web\"\nowner = \"web\"\n\n[run]\ncommand = \"./web\"\ninstance = 2\n").unwrap();
+    std::fs::write(
+        &bad,
+        "[service]\nname = \"web\"\nowner = \"web\"\n\n[run]\ncommand = \"./web\"\ninstance = 2\n",
+    )
+    .unwrap();
     // A directory or the file itself.
     for arg in [dir.path(), bad.as_path()] {
         let o = cli_with(&["validate", arg.to_str().unwrap()], &[]);
@@ -26,9 +30,15 @@ fn validate_exit_codes_and_diagnostics() {
         assert!(err.contains("instance = 2"), "the line is shown: {err}");
         assert!(err.contains('^'), "a caret points at it: {err}");
         assert!(err.contains("did you mean `instances`?"), "{err}");
-        assert!(!err.contains('\u{1b}'), "NO_COLOR means no escape codes: {err}");
+        assert!(
+            !err.contains('\u{1b}'),
+            "NO_COLOR means no escape codes: {err}"
+        );
     }
-    let o = cli_with(&["validate", dir.path().join("nope").to_str().unwrap()], &[]);
+    let o = cli_with(
+        &["validate", dir.path().join("nope").to_str().unwrap()],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("no such file"), "{}", stderr(&o));
 }
@@ -37,8 +47,31 @@ fn validate_exit_codes_and_diagnostics() {
 fn flags_before_or_after_the_subcommand_and_json_output() {
     let server = TestServer::start();
     let token = server.admin_token();
-    let before = cli_with(&["--url", &server.url, "--token", &token, "-o", "json", "teams"], &[]);
-    let after = cli_with(&["teams", "list", "--url", &server.url, "--token", &token, "--output", "json"], &[]);
+    let before = cli_with(
+        &[
+            "--url",
+            &server.url,
+            "--token",
+            &token,
+            "-o",
+            "json",
+            "teams",
+        ],
+        &[],
+    );
+    let after = cli_with(
+        &[
+            "teams",
+            "list",
+            "--url",
+            &server.url,
+            "--token",
+            &token,
+            "--output",
+            "json",
+        ],
+        &[],
+    );
     assert_eq!(ok(&before), ok(&after));
     let v: Value = serde_json::from_str(&stdout(&before)).expect("-o json prints JSON");
     assert!(v.as_array().unwrap().is_empty());
@@ -74,13 +107,19 @@ fn login_saves_url_and_token_0600_and_later_commands_use_them() {
     assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
     assert!(!cfg.path().join("tend/config.toml").exists());
     // The token from stdin keeps it out of shell history.
-    let o = run(&["login", "--url", &server.url], Some(&format!("{token}\n")));
+    let o = run(
+        &["login", "--url", &server.url],
+        Some(&format!("{token}\n")),
+    );
     assert!(ok(&o).contains("as `admin`"));
     let path = cfg.path().join("tend/config.toml");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
     let o = run(&["whoami", "-o", "json"], None);
     let v: Value = serde_json::from_str(&ok(&o)).unwrap();
@@ -90,9 +129,22 @@ fn login_saves_url_and_token_0600_and_later_commands_use_them() {
 #[test]
 fn errors_are_one_line_with_meaningful_exit_codes() {
     // Nothing listens on port 1: unreachable is exit code 3.
-    let o = cli_with(&["services", "--url", "http://127.0.0.1:1", "--token", "tend_x"], &[]);
+    let o = cli_with(
+        &[
+            "services",
+            "--url",
+            "http://127.0.0.1:1",
+            "--token",
+            "tend_x",
+        ],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(3));
-    assert!(stderr(&o).starts_with("error: cannot reach the tend server"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).starts_with("error: cannot reach the tend server"),
+        "{}",
+        stderr(&o)
+    );
     // No token at all.
     let o = cli_with(&["services", "--url", "http://127.0.0.1:1"], &[]);
     assert_eq!(o.status.code(), Some(1));
@@ -101,7 +153,18 @@ fn errors_are_one_line_with_meaningful_exit_codes() {
     let o = cli_with(&["tokens", "create"], &[]);
     assert_eq!(o.status.code(), Some(2));
     // Bad names are caught before any request, with a suggestion.
-    let o = cli_with(&["teams", "create", "Pay Ments", "--url", "http://127.0.0.1:1", "--token", "t"], &[]);
+    let o = cli_with(
+        &[
+            "teams",
+            "create",
+            "Pay Ments",
+            "--url",
+            "http://127.0.0.1:1",
+            "--token",
+            "t",
+        ],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("try `pay-ments`"), "{}", stderr(&o));
 }
@@ -112,7 +175,18 @@ fn completions_and_help() {
     assert!(ok(&o).contains("_tend()"), "bash completion function");
     let o = cli_with(&["--help"], &[]);
     let help = ok(&o);
-    for cmd in ["server", "demo", "login", "validate", "apply", "services", "teams", "tokens", "audit", "completions"] {
+    for cmd in [
+        "server",
+        "demo",
+        "login",
+        "validate",
+        "apply",
+        "services",
+        "teams",
+        "tokens",
+        "audit",
+        "completions",
+    ] {
         assert!(help.contains(cmd), "--help lists {cmd}");
     }
     assert!(help.contains("Exit codes"));
@@ -125,7 +199,11 @@ fn apply_through_the_cli_shows_server_diagnostics_and_results() {
     ok(&server.cli(&admin, &["teams", "create", "payments"]));
     let checkout = repo_root().join("examples/services/checkout");
     let o = server.cli(&admin, &["apply", checkout.to_str().unwrap()]);
-    assert!(ok(&o).contains("service/checkout created"), "{}", stdout(&o));
+    assert!(
+        ok(&o).contains("service/checkout created"),
+        "{}",
+        stdout(&o)
+    );
     let o = server.cli(&admin, &["apply", checkout.to_str().unwrap(), "-o", "json"]);
     let v: Value = serde_json::from_str(&ok(&o)).unwrap();
     assert_eq!(v["outcome"], "unchanged");
@@ -160,8 +238,14 @@ fn demo_loads_the_examples_through_the_api() {
     // The state it left behind has the teams and services, applied by admin.
     let server = TestServer::start_in(data.path());
     let admin = server.admin_token();
-    let v: Value = serde_json::from_str(&ok(&server.cli(&admin, &["services", "-o", "json"]))).unwrap();
-    let names: Vec<&str> = v.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    let v: Value =
+        serde_json::from_str(&ok(&server.cli(&admin, &["services", "-o", "json"]))).unwrap();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["catalog", "checkout", "ledger"]);
     let audit = ok(&server.cli(&admin, &["audit", "-n", "100"]));
     assert!(audit.contains("service.apply"), "{audit}");

@@ -196,6 +196,29 @@ fn echo_status_and_stream() {
     let (status, body) = app.get("/stream?chunks=3&interval_ms=10");
     assert_eq!(status, 200);
     assert_eq!(body, "chunk 1/3\nchunk 2/3\nchunk 3/3\n");
+
+    let resp = client()
+        .post(app.url("/echo"))
+        .header("content-type", "text/x-sample")
+        .body("typed")
+        .send()
+        .expect("typed echo");
+    assert_eq!(resp.headers()["content-type"], "text/x-sample");
+    let resp = client().delete(app.url("/echo")).send().expect("delete");
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.text().expect("body"), "method not allowed\n");
+    assert_eq!(app.get("/status/204").0, 204);
+    assert_eq!(app.get("/work?ms=soon").0, 400);
+    assert_eq!(app.get("/stream?chunks=x").0, 400);
+    let resp = client()
+        .get(app.url("/stream?chunks=1"))
+        .send()
+        .expect("stream");
+    assert_eq!(resp.headers()["content-type"], "text/plain; charset=utf-8");
+    // A streamed request is logged once its last chunk is written.
+    app.wait_log("for GET /stream lasting 20 ms", |v| {
+        v["path"] == "/stream" && v["duration_ms"].as_f64().is_some_and(|ms| ms >= 20.0)
+    });
 }
 
 #[test]
@@ -296,6 +319,33 @@ fn ignore_sigterm_keeps_serving_until_sigkill() {
     assert!(app.child.try_wait().expect("try_wait").is_none());
     app.signal(libc::SIGKILL);
     assert_eq!(app.wait_exit().signal(), Some(libc::SIGKILL));
+}
+
+#[test]
+fn second_signal_during_drain_exits_1() {
+    let mut app = SampleApp::start(&[]);
+    let url = app.url("/work?ms=5000");
+    std::thread::spawn(move || client().get(url).send());
+    let start = Instant::now();
+    while !app.get("/metrics").1.contains("http_requests_in_flight 2") {
+        assert!(start.elapsed() < DEADLINE, "slow request never arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    app.signal(libc::SIGTERM);
+    app.wait_log("shutting down", |v| msg_is(v, "shutting down"));
+    app.signal(libc::SIGINT);
+    assert_eq!(app.wait_exit().code(), Some(1));
+}
+
+#[test]
+fn sigint_stops_even_when_sigterm_is_ignored() {
+    let mut app = SampleApp::start(&[("SAMPLE_IGNORE_SIGTERM", "1")]);
+    app.signal(libc::SIGTERM);
+    app.wait_log("SIGTERM ignored", |v| {
+        msg_is(v, "SIGTERM received and ignored")
+    });
+    app.signal(libc::SIGINT);
+    assert_eq!(app.wait_exit().code(), Some(0));
 }
 
 #[test]

@@ -572,7 +572,7 @@ impl Runtime for ProcessRuntime {
 
         let mut cmd = tokio::process::Command::new("/bin/sh");
         cmd.arg("-c")
-            .arg(&spec.command)
+            .arg(shell_line(&spec.command))
             .current_dir(&work)
             .env_clear()
             .envs(self.env_for(spec, &work))
@@ -797,5 +797,34 @@ impl Runtime for ProcessRuntime {
         tokio::task::spawn_blocking(move || me.scan())
             .await
             .map_err(|e| io_err("/proc")(io::Error::other(e)))?
+    }
+}
+
+/// The line given to `sh -c`. A simple command (no `;`, `&`, `|`, redirection,
+/// substitution or newline) is prefixed with `exec`, so the service itself is
+/// the instance's leader process: its pid is the one shown, its exit status is
+/// the instance's, and a signal to the leader reaches it. dash, Debian's
+/// `/bin/sh`, does not do this on its own.
+fn shell_line(command: &str) -> String {
+    let compound = command.contains([';', '&', '|', '<', '>', '`', '\n', '(', ')'])
+        || command.trim_start().starts_with("exec ");
+    if compound {
+        command.to_string()
+    } else {
+        format!("exec {command}")
+    }
+}
+
+#[cfg(test)]
+mod shell_line_tests {
+    use super::shell_line;
+
+    #[test]
+    fn simple_commands_are_execed_compound_ones_left_alone() {
+        assert_eq!(shell_line("./app --port $PORT"), "exec ./app --port $PORT");
+        assert_eq!(shell_line("exec ./app"), "exec ./app");
+        assert_eq!(shell_line("echo hi; ./app"), "echo hi; ./app");
+        assert_eq!(shell_line("./app > out.log"), "./app > out.log");
+        assert_eq!(shell_line("a && b"), "a && b");
     }
 }

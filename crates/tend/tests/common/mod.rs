@@ -110,6 +110,16 @@ impl TestServer {
             .to_string()
     }
 
+    /// Kills the server (SIGKILL) if it runs and starts it again on the same
+    /// data directory.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let mut fresh = Self::start_in(&self.data_dir);
+        // Keep our temporary directory alive: it holds the data directory.
+        fresh._tmp = self._tmp.take();
+        *self = fresh;
+    }
+
     /// Kills the server with SIGKILL and waits for it.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
