@@ -5,6 +5,7 @@
 
 pub mod model;
 pub mod names;
+pub mod routing;
 
 pub mod time;
 

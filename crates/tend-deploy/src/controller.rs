@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 use crate::artifact::{self, ArtifactError, ArtifactStore};
 use crate::health::{self, Health, Verdict};
 use crate::pack::{self, PackError};
-use crate::routes::{Endpoint, Route, RoutingTable};
+use tend_core::routing::{Endpoint, Route, RoutingTable};
 
 /// Errors of the deployer. The API maps them to status codes by variant.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +54,15 @@ pub enum DeployError {
     /// The request makes no sense in the current state.
     #[error("{0}")]
     Invalid(String),
+}
+
+/// Waits for the traffic of an instance to end before it is signalled. The
+/// router implements it with its in-flight counters; the controller calls it
+/// after the instance left the routing table.
+#[async_trait::async_trait]
+pub trait Drainer: Send + Sync + 'static {
+    /// Resolves when `instance` has no request in flight, or after `deadline`.
+    async fn drained(&self, instance: &str, deadline: Duration);
 }
 
 /// Settings of the deployer.
@@ -133,6 +142,8 @@ struct Inner {
     backoff: Mutex<HashMap<String, Instant>>,
     /// Health results of instances whose process ended, for failure reports.
     last_checks: Mutex<HashMap<String, Vec<String>>>,
+    /// Waits for in-flight requests before an instance is signalled.
+    drainer: std::sync::OnceLock<Arc<dyn Drainer>>,
     /// Builds in progress (their working copies are not garbage).
     builds: Mutex<HashSet<i64>>,
 }
@@ -181,6 +192,7 @@ impl Deployer {
                 live: Mutex::new(HashMap::new()),
                 backoff: Mutex::new(HashMap::new()),
                 last_checks: Mutex::new(HashMap::new()),
+                drainer: std::sync::OnceLock::new(),
                 builds: Mutex::new(HashSet::new()),
             }),
         };
@@ -192,6 +204,12 @@ impl Deployer {
     /// The routing table: ready instances of every service.
     pub fn routes(&self) -> watch::Receiver<RoutingTable> {
         self.inner.routes.subscribe()
+    }
+
+    /// Sets what waits for in-flight requests to end before an instance is
+    /// stopped (the router). Without one, instances are signalled at once.
+    pub fn set_drainer(&self, drainer: Arc<dyn Drainer>) {
+        let _ = self.inner.drainer.set(drainer);
     }
 
     /// Asks the controller to look at `service` now.
@@ -1285,6 +1303,11 @@ impl Deployer {
         let id = id.to_string();
         tokio::spawn(async move {
             let rt = &d.inner.runtime;
+            // Out of the routing table already; let requests in flight finish,
+            // within the grace period, before the signal.
+            if let Some(drainer) = d.inner.drainer.get() {
+                drainer.drained(&id, grace).await;
+            }
             if let Err(e) = rt.stop(&handle, libc::SIGTERM, grace).await {
                 tracing::warn!(instance = %id, error = %e, "stop failed; retrying on the next pass");
                 if let Some(l) = lock(&d.inner.live).get_mut(&id) {

@@ -6,7 +6,7 @@
 //! machine to what the store says should run — rolling deploys with health
 //! checks ([`health`]), automatic rollback, restarts with backoff, adoption of
 //! running instances after a daemon restart, and orphan clean-up. It publishes
-//! the ready instances of every service as a [`routes::RoutingTable`].
+//! the ready instances of every service as a [`tend_core::routing::RoutingTable`].
 //!
 //! Invariant: desired state lives only in the store; the controller's memory
 //! holds observations (health results, backoff timers) that it can lose at any
@@ -17,9 +17,8 @@ pub mod controller;
 pub mod health;
 pub mod pack;
 pub mod plan;
-pub mod routes;
 
-pub use controller::{DeployConfig, DeployError, Deployer};
+pub use controller::{DeployConfig, DeployError, Deployer, Drainer};
 
 /// Says how a process ended, for people: `exit code 1`, `killed by signal 9 (SIGKILL)`.
 pub fn describe_exit(code: Option<i32>, signal: Option<i32>) -> String {

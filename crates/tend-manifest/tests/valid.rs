@@ -90,6 +90,7 @@ fn design_spec() -> ServiceSpec {
             max_unavailable: 0,
             auto_rollback: true,
             healthy_deadline: Duration::from_secs(60),
+            verify: Duration::from_secs(10),
         },
         env: BTreeMap::from([("LOG_LEVEL".to_string(), "info".to_string())]),
         alerts: vec![AlertRule {
@@ -177,6 +178,7 @@ max_surge = 0
 max_unavailable = 1
 auto_rollback = false
 healthy_deadline = "2m"
+verify = "5s"
 
 [env]
 TEXT = "a b"
@@ -229,6 +231,7 @@ region = "eu"
             max_unavailable: 1,
             auto_rollback: false,
             healthy_deadline: Duration::from_secs(120),
+            verify: Duration::from_secs(5),
         }
     );
     // Values are stringified; the map is sorted by key.

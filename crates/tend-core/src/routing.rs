@@ -1,5 +1,5 @@
-//! The routing table the controller publishes for the router: which instances
-//! of which service are ready to take traffic.
+//! The routing table: which instances of which service are ready to take
+//! traffic. The deploy controller publishes it; the router reads it.
 //!
 //! Readers get the whole table as one `Arc` from a `watch` channel, so a table
 //! update is atomic and never blocks a reader.
