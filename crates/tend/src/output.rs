@@ -63,3 +63,11 @@ pub fn print_table(t: &Table) {
 pub fn or_dash<T: ToString>(v: Option<T>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
 }
+
+/// The API's name of an enum value (`rolled_back`), for people.
+pub fn api_name<T: Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => "?".into(),
+    }
+}

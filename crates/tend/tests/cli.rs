@@ -248,5 +248,10 @@ fn demo_loads_the_examples_through_the_api() {
         .collect();
     assert_eq!(names, ["catalog", "checkout", "ledger"]);
     let audit = ok(&server.cli(&admin, &["audit", "-n", "100"]));
-    assert!(audit.contains("service.apply"), "{audit}");
+    assert!(audit.contains("service.deploy"), "{audit}");
+    assert!(
+        out.contains("deployed checkout") && out.contains("succeeded"),
+        "{out}"
+    );
+    assert!(out.contains("http://checkout.localhost:"), "{out}");
 }

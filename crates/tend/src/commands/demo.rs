@@ -8,6 +8,7 @@ use serde::Deserialize;
 use tend_api::CreateToken;
 use tend_client::Client;
 use tend_core::{TeamName, TokenName};
+use tend_deploy::pack;
 use tend_server::{Server, ServerConfig, DEFAULT_BODY_LIMIT};
 
 use crate::cli::DemoArgs;
@@ -82,18 +83,84 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 
     let url = format!("http://{addr}");
     let admin = Client::new(&url, Some(admin_token.clone()))?;
-    let member_tokens = load_examples(&admin, &examples).await?;
-    print_tour(&url, &data_dir, &admin_token, &member_tokens);
+    let stage_dir = data_dir.join("demo-services");
+    let member_tokens = load_examples(&admin, &examples, &stage_dir).await?;
+    let mut urls = Vec::new();
+    for s in admin.services(None).await? {
+        if let Ok(st) = admin.status(s.name.as_str()).await {
+            urls.push((s.name.to_string(), st.urls));
+        }
+    }
+    print_tour(
+        &url,
+        &data_dir,
+        &admin_token,
+        &member_tokens,
+        &urls,
+        &stage_dir,
+    );
 
     if !args.exit {
         crate::commands::server::shutdown_signal().await;
+    }
+    // A demo leaves nothing running behind it (a real server would: instances
+    // outlive the daemon by design).
+    println!("stopping the demo's services ...");
+    for s in admin.services(None).await? {
+        admin.set_stopped(s.name.as_str(), true).await?;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let mut running = 0;
+        for s in admin.services(None).await? {
+            running += admin.status(s.name.as_str()).await?.instances.len();
+        }
+        if running == 0 || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let _ = stop_tx.send(());
     serving.await??;
     Ok(())
 }
 
-async fn load_examples(admin: &Client, examples: &Path) -> Result<Vec<(TokenName, String)>> {
+/// The sample app's binary: next to this binary (both are built by
+/// `cargo build`), else built now from the source tree.
+fn sample_app_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot locate the tend binary")?;
+    let beside = exe.with_file_name("tend-sample-app");
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    let profile_release = exe
+        .parent()
+        .and_then(|p| p.file_name())
+        .is_some_and(|n| n == "release");
+    eprintln!("building the sample app (once) ...");
+    let mut cmd =
+        std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.args(["build", "--quiet", "--bin", "tend-sample-app"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile_release {
+        cmd.arg("--release");
+    }
+    let status = cmd
+        .status()
+        .context("cannot run cargo to build the sample app")?;
+    if !status.success() || !beside.is_file() {
+        anyhow::bail!(
+            "could not build the sample app: run `cargo build --release --bin tend-sample-app`"
+        );
+    }
+    Ok(beside)
+}
+
+async fn load_examples(
+    admin: &Client,
+    examples: &Path,
+    stage_dir: &Path,
+) -> Result<Vec<(TokenName, String)>> {
     let teams_path = examples.join("teams.toml");
     let text = std::fs::read_to_string(&teams_path)
         .with_context(|| format!("cannot read {}", teams_path.display()))?;
@@ -125,17 +192,51 @@ async fn load_examples(admin: &Client, examples: &Path) -> Result<Vec<(TokenName
         .filter(|p| p.join("tend.toml").is_file())
         .collect();
     dirs.sort();
+    let sample_app = sample_app_binary()?;
+    // Deploy every example at once: each one's verification window runs in parallel.
+    let mut deploys = tokio::task::JoinSet::new();
     for dir in dirs {
-        let loaded = tend_manifest::load(&dir)
-            .map_err(|e| anyhow::anyhow!("example {}: {e}", dir.display()))?;
-        admin
-            .apply(&loaded.source, &loaded.path.display().to_string())
-            .await?;
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // A service directory as a build would leave it: the manifest and the
+        // program it runs (here, the sample app).
+        let staged = stage_dir.join(&name);
+        std::fs::create_dir_all(&staged)
+            .with_context(|| format!("cannot create {}", staged.display()))?;
+        std::fs::copy(dir.join("tend.toml"), staged.join("tend.toml"))?;
+        std::fs::copy(&sample_app, staged.join("sample-app"))
+            .with_context(|| format!("cannot copy {}", sample_app.display()))?;
+        let archive = pack::pack(&staged, pack::DEFAULT_MAX_BYTES)?;
+        let client = admin.clone();
+        deploys.spawn(async move {
+            let d = client.deploy_archive(&name, archive).await?;
+            let fin = client.watch(d.id, |_| {}).await?;
+            Ok::<_, anyhow::Error>((name, fin))
+        });
+    }
+    while let Some(done) = deploys.join_next().await {
+        let (name, fin) = done??;
+        let state = crate::output::api_name(&fin.state);
+        println!(
+            "  deployed {name:<10} v{} {state}",
+            fin.release
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "?".into())
+        );
     }
     Ok(tokens)
 }
 
-fn print_tour(url: &str, data_dir: &Path, admin_token: &str, members: &[(TokenName, String)]) {
+fn print_tour(
+    url: &str,
+    data_dir: &Path,
+    admin_token: &str,
+    members: &[(TokenName, String)],
+    services: &[(String, Vec<String>)],
+    stage_dir: &Path,
+) {
     let color = output::color_stdout();
     let h = |s: &str| {
         if color {
@@ -153,11 +254,28 @@ fn print_tour(url: &str, data_dir: &Path, admin_token: &str, members: &[(TokenNa
         println!("  {:<11} {token}", format!("{name}:"));
     }
     println!();
+    println!("{}", h("Services (through the router):"));
+    for (name, urls) in services {
+        println!("  {name:<10} {}", urls.join("  "));
+    }
+    println!();
     println!("{}", h("Try, in another terminal:"));
     println!("  export TEND_URL={url} TEND_TOKEN={admin_token}");
     println!("  tend services                 # the catalog: who owns what");
     println!("  tend teams show payments      # members, channels, services");
     println!("  tend audit                    # who did what, from where");
+    println!("  tend status checkout          # release, instances, health, restarts");
+    println!();
+    println!(
+        "{}",
+        h("Break one and watch it roll back (v1 keeps serving):")
+    );
+    let ledger = stage_dir.join("ledger");
+    println!(
+        "  echo 'SAMPLE_CRASH_AT_BOOT = \"1\"' >> {}/tend.toml && tend deploy {}",
+        ledger.display(),
+        ledger.display()
+    );
     if let Some((name, token)) = members.first() {
         println!("  TEND_TOKEN={token} tend whoami   # you as `{name}`");
     }

@@ -93,7 +93,7 @@ fn human_bytes(n: u64) -> String {
 /// Follows a deployment to its end, printing build output and steps; exits
 /// non-zero (with the reason) unless it succeeded.
 async fn follow(g: &Global, client: &Client, d: Deployment, detach: bool) -> Result<()> {
-    let kind = format!("{:?}", d.kind).to_lowercase();
+    let kind = output::api_name(&d.kind);
     note(
         g,
         &format!("deployment #{} ({kind}) of {} started", d.id, d.service),
@@ -222,11 +222,11 @@ fn print_status(s: &ServiceStatus) {
     }
     if let Some(d) = &s.deployment {
         println!(
-            "last deployment: #{} {:?} v{} {}{}",
+            "last deployment: #{} {} v{} {}{}",
             d.id,
-            d.kind,
+            output::api_name(&d.kind),
             or_dash(d.release),
-            format!("{:?}", d.state).to_lowercase(),
+            output::api_name(&d.state),
             d.reason
                 .as_deref()
                 .and_then(|r| r.lines().next())
