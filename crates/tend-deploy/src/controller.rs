@@ -962,6 +962,13 @@ impl Deployer {
                         ),
                     )
                 })?;
+                // Look again the moment the window closes, not at the next resync.
+                let d2 = self.clone();
+                let svc = service.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(verify + Duration::from_millis(1)).await;
+                    d2.wake(&svc);
+                });
             }
             DeploymentState::Verifying => {
                 let since = d
@@ -1165,7 +1172,11 @@ impl Deployer {
                     }
                     Some(hs) => {
                         // The first probe comes quickly so fast starters serve fast.
-                        let mut delay = Duration::from_millis(100).min(hs.interval);
+                        // Until the first success, probe early and back off
+                        // (10 ms, 20 ms, ... up to the interval), so a fast
+                        // starter serves within milliseconds of binding.
+                        let mut fast = Duration::from_millis(10).min(hs.interval);
+                        let mut delay = fast;
                         loop {
                             tokio::time::sleep(delay).await;
                             delay = hs.interval;
@@ -1185,9 +1196,9 @@ impl Deployer {
                                 }
                                 let before_ready = l.health.ready();
                                 let v = l.health.record(&hs, r, Instant::now());
-                                // Until ready, keep probing fast.
                                 if !l.health.ready() && !before_ready {
-                                    delay = Duration::from_millis(100).min(hs.interval);
+                                    fast = (fast * 2).min(hs.interval);
+                                    delay = fast;
                                 }
                                 v
                             };

@@ -262,7 +262,7 @@ async fn watch_deployment(
                 let _ = send(&tx, &WatchEvent::End { deployment: d }).await;
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     });
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
