@@ -567,7 +567,7 @@ impl Deployer {
         };
 
         // 2. Health-derived states into the store (for status and recovery).
-        self.sync_states(&instances)?;
+        self.sync_states(service, &instances)?;
 
         // 3. The rollout's verdict.
         let mut failing = false;
@@ -803,8 +803,12 @@ impl Deployer {
     }
 
     /// Writes health-derived state changes to the store.
-    fn sync_states(&self, instances: &[InstanceRecord]) -> Result<(), StoreError> {
-        let changes: Vec<(String, InstanceState)> = {
+    fn sync_states(
+        &self,
+        service: &ServiceName,
+        instances: &[InstanceRecord],
+    ) -> Result<(), StoreError> {
+        let changes: Vec<(String, InstanceState, Option<String>)> = {
             let live = lock(&self.inner.live);
             instances
                 .iter()
@@ -823,7 +827,8 @@ impl Deployer {
                     } else {
                         InstanceState::Starting
                     };
-                    (state != r.instance.state).then(|| (r.instance.id.clone(), state))
+                    let last = l.health.recent.back().map(|(_, p)| p.detail.clone());
+                    (state != r.instance.state).then(|| (r.instance.id.clone(), state, last))
                 })
                 .collect()
         };
@@ -831,8 +836,18 @@ impl Deployer {
             return Ok(());
         }
         self.inner.store.write(|tx| {
-            for (id, state) in &changes {
+            for (id, state, last) in &changes {
                 tx.set_instance_state(id, *state, None)?;
+                // Health changes belong in the timeline; "starting" is implied by "started".
+                let msg = match state {
+                    InstanceState::Ready => format!("{id} is ready"),
+                    InstanceState::Unhealthy => format!(
+                        "{id} is unhealthy and out of traffic ({})",
+                        last.as_deref().unwrap_or("no probe result")
+                    ),
+                    _ => continue,
+                };
+                tx.append_event(service, &format!("instance.{}", state.as_str()), &msg, None)?;
             }
             Ok::<_, StoreError>(())
         })
@@ -1344,6 +1359,14 @@ impl Deployer {
                     }
                     (_, rec) => {
                         tx.delete_instance(&id)?;
+                        if let Some(r) = &rec {
+                            tx.append_event(
+                                &r.service,
+                                "instance.stopped",
+                                &format!("{id} (v{}) drained and stopped", r.instance.release),
+                                None,
+                            )?;
+                        }
                         Ok(rec.map(|r| r.service))
                     }
                 }

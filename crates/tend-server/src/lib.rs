@@ -38,6 +38,24 @@ pub struct ServerConfig {
     pub router_listen: SocketAddr,
     /// Largest request body accepted.
     pub body_limit: usize,
+    /// Releases per service whose artifacts are kept.
+    pub keep_releases: u32,
+    /// Longest a build may run.
+    pub build_timeout: std::time::Duration,
+}
+
+impl ServerConfig {
+    /// Defaults for a data directory and addresses.
+    pub fn new(data_dir: PathBuf, listen: SocketAddr, router_listen: SocketAddr) -> Self {
+        Self {
+            data_dir,
+            listen,
+            router_listen,
+            body_limit: DEFAULT_BODY_LIMIT,
+            keep_releases: 10,
+            build_timeout: std::time::Duration::from_secs(15 * 60),
+        }
+    }
 }
 
 /// Errors that stop the server from starting.
@@ -113,7 +131,11 @@ impl Server {
         let deployer = tend_deploy::Deployer::start(
             store.clone(),
             Arc::new(runtime),
-            tend_deploy::DeployConfig::new(config.data_dir.clone()),
+            tend_deploy::DeployConfig {
+                keep_releases: config.keep_releases,
+                build_timeout: config.build_timeout,
+                ..tend_deploy::DeployConfig::new(config.data_dir.clone())
+            },
         )
         .map_err(|e| StartError::Deploy(e.to_string()))?;
         Ok(Self {

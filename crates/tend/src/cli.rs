@@ -123,6 +123,12 @@ pub struct ServerArgs {
     /// Address of the router that serves your services' traffic
     #[arg(long, default_value = "127.0.0.1:7080", value_name = "ADDR")]
     pub router_listen: SocketAddr,
+    /// Releases per service whose artifacts are kept (older ones are deleted)
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub keep_releases: u32,
+    /// Longest a build may run, e.g. 15m
+    #[arg(long, default_value = "15m", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub build_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

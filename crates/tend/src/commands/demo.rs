@@ -9,7 +9,7 @@ use tend_api::CreateToken;
 use tend_client::Client;
 use tend_core::{TeamName, TokenName};
 use tend_deploy::pack;
-use tend_server::{Server, ServerConfig, DEFAULT_BODY_LIMIT};
+use tend_server::{Server, ServerConfig};
 
 use crate::cli::DemoArgs;
 use crate::output;
@@ -59,12 +59,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             (Some(tmp), path)
         }
     };
-    let config = ServerConfig {
-        data_dir: data_dir.clone(),
-        listen: args.listen,
-        router_listen: args.router_listen,
-        body_limit: DEFAULT_BODY_LIMIT,
-    };
+    let config = ServerConfig::new(data_dir.clone(), args.listen, args.router_listen);
     let server = Server::bind(&config).await.context(
         "cannot start the demo server (is another tend running? try `tend demo --listen 127.0.0.1:0`)",
     )?;

@@ -104,8 +104,19 @@ async fn follow(g: &Global, client: &Client, d: Deployment, detach: bool) -> Res
         });
     }
     let color = output::color_stderr();
-    let tty = std::io::stderr().is_terminal();
     let human = g.output == Output::Table;
+    // On a terminal, a spinner shows the current step; elsewhere (CI logs,
+    // pipes) every line is printed plainly as it comes.
+    let spinner = (human && std::io::stderr().is_terminal()).then(|| {
+        let pb = indicatif::ProgressBar::new_spinner();
+        pb.enable_steady_tick(std::time::Duration::from_millis(100));
+        pb.set_message("waiting for the server");
+        pb
+    });
+    let say = |line: String| match &spinner {
+        Some(pb) => pb.println(line),
+        None => eprintln!("{line}"),
+    };
     let started = SystemTime::now();
     let fin = client
         .watch(d.id, |ev| {
@@ -119,7 +130,7 @@ async fn follow(g: &Global, client: &Client, d: Deployment, detach: bool) -> Res
                     } else {
                         "|".to_string()
                     };
-                    eprintln!("  {bar} {line}");
+                    say(format!("  {bar} {line}"));
                 }
                 WatchEvent::Step { step } => {
                     let elapsed = elapsed_since(started, step.at);
@@ -129,16 +140,22 @@ async fn follow(g: &Global, client: &Client, d: Deployment, detach: bool) -> Res
                         step.step.clone()
                     };
                     if step.detail.is_empty() {
-                        eprintln!("{elapsed:>7} {name}");
+                        say(format!("{elapsed:>7} {name}"));
                     } else {
-                        eprintln!("{elapsed:>7} {name}: {}", step.detail);
+                        say(format!("{elapsed:>7} {name}: {}", step.detail));
+                    }
+                    if let Some(pb) = &spinner {
+                        pb.set_message(step.step.replace('_', " "));
                     }
                 }
                 WatchEvent::End { .. } => {}
             }
-            let _ = tty;
         })
-        .await?;
+        .await;
+    if let Some(pb) = &spinner {
+        pb.finish_and_clear();
+    }
+    let fin = fin?;
     let ok = fin.state == DeploymentState::Succeeded;
     if g.output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&fin)?);

@@ -1,7 +1,7 @@
 //! `tend server`.
 
 use anyhow::{Context, Result};
-use tend_server::{Server, ServerConfig, DEFAULT_BODY_LIMIT};
+use tend_server::{Server, ServerConfig};
 
 use crate::cli::ServerArgs;
 
@@ -9,10 +9,9 @@ use crate::cli::ServerArgs;
 pub async fn run(args: ServerArgs) -> Result<()> {
     init_tracing();
     let config = ServerConfig {
-        data_dir: args.data_dir,
-        listen: args.listen,
-        router_listen: args.router_listen,
-        body_limit: DEFAULT_BODY_LIMIT,
+        keep_releases: args.keep_releases,
+        build_timeout: args.build_timeout,
+        ..ServerConfig::new(args.data_dir, args.listen, args.router_listen)
     };
     let server = Server::bind(&config)
         .await
