@@ -527,3 +527,19 @@ fn other_teams_are_refused_every_operating_command() {
         .count();
     assert_eq!(denied, 7, "every refusal audited");
 }
+
+#[test]
+fn deleting_a_service_stops_its_instances() {
+    let p = Platform::start();
+    let _cleanup = KillInstances(p.server.data_dir.clone());
+    let svc = ServiceDir::new("web", 2, &[], "");
+    ok(&p.deploy(&svc));
+    assert_eq!(runtime_processes(&p.server.data_dir).len(), 2);
+    ok(&p.tend(&["services", "delete", "web"]));
+    // Its processes are now orphans: the controller's sweep stops them.
+    wait_until(
+        Duration::from_secs(60),
+        "instances of the deleted service stopped",
+        || runtime_processes(&p.server.data_dir).is_empty(),
+    );
+}
