@@ -103,6 +103,10 @@ impl Client {
         body: Option<&B>,
     ) -> Result<T> {
         let resp = self.send(method, path, body).await?;
+        self.decode(resp).await
+    }
+
+    async fn decode<T: DeserializeOwned>(&self, resp: reqwest::Response) -> Result<T> {
         let status = resp.status();
         let bytes = resp
             .bytes()
@@ -305,18 +309,7 @@ impl Client {
             .timeout(Duration::from_secs(600))
             .body(archive);
         let resp = self.execute(req).await?;
-        let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                url: self.base.clone(),
-                source,
-            })?;
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
-            status,
-            message: e.to_string(),
-        })
+        self.decode(resp).await
     }
 
     /// `POST /api/v1/services/{name}/releases/{version}/deploy`.

@@ -74,6 +74,17 @@ fn parse_state(s: &str) -> Result<DeploymentState> {
     })
 }
 
+/// A release from the columns `version, artifact, description, created_at, created_by`.
+fn release_row(r: &Row<'_>) -> rusqlite::Result<Release> {
+    Ok(Release {
+        version: r.get(0)?,
+        artifact: r.get(1)?,
+        description: r.get(2)?,
+        created_at: ts(r.get(3)?),
+        created_by: r.get(4)?,
+    })
+}
+
 const DEPLOYMENT_COLUMNS: &str = "d.id, s.name, d.kind, d.release, d.previous, d.state, d.reason, \
                                   d.steps, d.actor, d.created_at, d.updated_at";
 
@@ -245,15 +256,7 @@ impl Tx<'_> {
              WHERE service_id = ?1 ORDER BY version DESC",
         )?;
         let rows = stmt
-            .query_map([sid], |r| {
-                Ok(Release {
-                    version: r.get(0)?,
-                    artifact: r.get(1)?,
-                    description: r.get(2)?,
-                    created_at: ts(r.get(3)?),
-                    created_by: r.get(4)?,
-                })
-            })?
+            .query_map([sid], release_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
@@ -266,18 +269,7 @@ impl Tx<'_> {
                 "SELECT version, artifact, description, created_at, created_by, spec FROM releases
                  WHERE service_id = ?1 AND version = ?2",
                 params![sid, version],
-                |r| {
-                    Ok((
-                        Release {
-                            version: r.get(0)?,
-                            artifact: r.get(1)?,
-                            description: r.get(2)?,
-                            created_at: ts(r.get(3)?),
-                            created_by: r.get(4)?,
-                        },
-                        r.get(5)?,
-                    ))
-                },
+                |r| Ok((release_row(r)?, r.get(5)?)),
             )
             .optional()?
             .ok_or_else(|| StoreError::NotFound {

@@ -449,22 +449,7 @@ async fn stop(
     caller: Caller,
     ApiPath(name): ApiPath<ServiceName>,
 ) -> Result<Json<ServiceStatus>, ApiError> {
-    change(
-        &state,
-        &caller,
-        "service.stop",
-        name.clone(),
-        move |tx, c, name| {
-            Ok(plan::set_stopped(
-                tx,
-                name,
-                true,
-                c.principal.name.as_str(),
-            )?)
-        },
-    )
-    .await?;
-    Ok(Json(service_status(&state, name).await?))
+    set_stopped(state, caller, name, true).await
 }
 
 /// Starts a stopped service again.
@@ -476,20 +461,28 @@ async fn start(
     caller: Caller,
     ApiPath(name): ApiPath<ServiceName>,
 ) -> Result<Json<ServiceStatus>, ApiError> {
-    change(
-        &state,
-        &caller,
-        "service.start",
-        name.clone(),
-        move |tx, c, name| {
-            Ok(plan::set_stopped(
-                tx,
-                name,
-                false,
-                c.principal.name.as_str(),
-            )?)
-        },
-    )
+    set_stopped(state, caller, name, false).await
+}
+
+async fn set_stopped(
+    state: AppState,
+    caller: Caller,
+    name: ServiceName,
+    stopped: bool,
+) -> Result<Json<ServiceStatus>, ApiError> {
+    let action = if stopped {
+        "service.stop"
+    } else {
+        "service.start"
+    };
+    change(&state, &caller, action, name.clone(), move |tx, c, name| {
+        Ok(plan::set_stopped(
+            tx,
+            name,
+            stopped,
+            c.principal.name.as_str(),
+        )?)
+    })
     .await?;
     Ok(Json(service_status(&state, name).await?))
 }

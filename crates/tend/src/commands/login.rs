@@ -11,12 +11,7 @@ use crate::output;
 
 /// Checks the URL and token against the server, then saves them.
 pub async fn run(g: &Global) -> Result<()> {
-    let saved = config::load()?;
-    let url = g
-        .url
-        .clone()
-        .or(saved.url)
-        .unwrap_or_else(|| config::DEFAULT_URL.to_string());
+    let url = super::server_url(g, &config::load()?);
     let token = match &g.token {
         Some(t) => t.clone(),
         None => {

@@ -19,11 +19,7 @@ use crate::config;
 /// A client for the server and token chosen by flags, environment or login.
 pub fn client(g: &Global) -> Result<Client> {
     let saved = config::load()?;
-    let url = g
-        .url
-        .clone()
-        .or(saved.url)
-        .unwrap_or_else(|| config::DEFAULT_URL.to_string());
+    let url = server_url(g, &saved);
     let token = g.token.clone().or(saved.token);
     if token.is_none() {
         anyhow::bail!(
@@ -32,6 +28,14 @@ pub fn client(g: &Global) -> Result<Client> {
         );
     }
     Ok(Client::new(&url, token)?)
+}
+
+/// The server URL: the flag or TEND_URL, then the saved login, then the default.
+pub fn server_url(g: &Global, saved: &config::Config) -> String {
+    g.url
+        .clone()
+        .or_else(|| saved.url.clone())
+        .unwrap_or_else(|| config::DEFAULT_URL.to_string())
 }
 
 /// Parses a name argument, with the reason when it is not a DNS label.
