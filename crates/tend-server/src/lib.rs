@@ -72,6 +72,14 @@ pub enum StartError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The router's address could not be bound.
+    #[error("cannot listen on {addr} (router): {source}")]
+    RouterBind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// The runtime or the deployer could not start.
     #[error("cannot start deployment automation: {0}")]
     Deploy(String),
@@ -99,6 +107,7 @@ pub struct AppState {
 /// A bound, not yet serving, server.
 pub struct Server {
     listener: TcpListener,
+    router: tend_router::Router,
     state: AppState,
     body_limit: usize,
     /// The admin token created by this start, if this was the first start.
@@ -138,12 +147,23 @@ impl Server {
             },
         )
         .map_err(|e| StartError::Deploy(e.to_string()))?;
+        let router = tend_router::Router::bind(
+            tend_router::RouterConfig::new(config.router_listen),
+            deployer.routes(),
+        )
+        .await
+        .map_err(|source| StartError::RouterBind {
+            addr: config.router_listen,
+            source,
+        })?;
+        deployer.set_drainer(Arc::new(RouterDrainer(router.clone())));
         Ok(Self {
             listener,
+            router: router.clone(),
             state: AppState {
                 store,
                 deployer,
-                router_addr: config.router_listen,
+                router_addr: router.local_addr(),
             },
             body_limit: config.body_limit,
             bootstrap_token,
@@ -155,18 +175,47 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    /// The address the router listens on.
+    pub fn router_addr(&self) -> SocketAddr {
+        self.router.local_addr()
+    }
+
+    /// Serves the API and the router until `shutdown` completes, then
+    /// finishes in-flight requests. Instances keep running.
     pub async fn serve(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let router = tokio::spawn(self.router.serve(stopped(stop_rx.clone())));
         let app = routes::router(self.state, self.body_limit);
-        axum::serve(
+        let api = axum::serve(
             self.listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(shutdown)
-        .await
+        .with_graceful_shutdown(stopped(stop_rx))
+        .await;
+        let router = router
+            .await
+            .map_err(|e| std::io::Error::other(format!("router task failed: {e}")))?;
+        api.and(router)
+    }
+}
+
+/// Lets the deploy controller wait for an instance's requests to finish.
+struct RouterDrainer(tend_router::Router);
+
+#[async_trait::async_trait]
+impl tend_deploy::Drainer for RouterDrainer {
+    async fn drained(&self, instance: &str, deadline: std::time::Duration) {
+        self.0.drained(instance, deadline).await
     }
 }
 

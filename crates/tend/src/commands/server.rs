@@ -30,6 +30,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     }
     tracing::info!(api = %addr, data_dir = %config.data_dir.display(), "tend server listening");
     eprintln!("tend server listening on http://{addr}");
+    eprintln!("tend router listening on http://{}", server.router_addr());
     server.serve(shutdown_signal()).await?;
     tracing::info!("tend server stopped");
     Ok(())

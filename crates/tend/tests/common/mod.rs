@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod platform;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -23,6 +25,8 @@ pub fn repo_root() -> PathBuf {
 pub struct TestServer {
     child: Option<Child>,
     pub url: String,
+    /// The router's base URL (`http://127.0.0.1:PORT`).
+    pub router_url: String,
     pub data_dir: PathBuf,
     /// Everything the server printed on stdout so far.
     stdout: std::sync::Arc<std::sync::Mutex<String>>,
@@ -61,10 +65,14 @@ impl TestServer {
         let stderr = child.stderr.take().expect("stderr");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel::<String>();
+        let (rtx, rrx) = mpsc::channel::<String>();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(url) = line.strip_prefix("tend server listening on ") {
                     let _ = tx.send(url.trim().to_string());
+                }
+                if let Some(url) = line.strip_prefix("tend router listening on ") {
+                    let _ = rtx.send(url.trim().to_string());
                 }
                 eprintln!("[server] {line}");
             }
@@ -81,6 +89,7 @@ impl TestServer {
         let mut server = Self {
             child: Some(child),
             url: String::new(),
+            router_url: String::new(),
             data_dir: data_dir.to_path_buf(),
             stdout: out,
             _tmp: None,
@@ -88,6 +97,10 @@ impl TestServer {
         match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(url) => server.url = url,
             Err(_) => panic!("tend server did not report its address within 60s"),
+        }
+        match rrx.recv_timeout(Duration::from_secs(10)) {
+            Ok(url) => server.router_url = url,
+            Err(_) => panic!("tend server did not report its router's address"),
         }
         wait_until(Duration::from_secs(30), "server healthy", || {
             reqwest::blocking::get(format!("{}/healthz", server.url))
