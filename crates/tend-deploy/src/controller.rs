@@ -65,6 +65,33 @@ pub trait Drainer: Send + Sync + 'static {
     async fn drained(&self, instance: &str, deadline: Duration);
 }
 
+/// Where an instance writes its output; the logs product ingests these files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceOutput {
+    /// The service.
+    pub service: String,
+    /// Its owner team.
+    pub team: String,
+    /// The release the instance runs.
+    pub release: u32,
+    /// The instance id.
+    pub instance: String,
+    /// Its standard output file.
+    pub stdout: PathBuf,
+    /// Its standard error file.
+    pub stderr: PathBuf,
+}
+
+/// Told about every instance's output files, so they can be ingested.
+pub trait OutputSink: Send + Sync + 'static {
+    /// The instance's files exist (started, restarted, adopted or found
+    /// exited after a restart): ingest them. Called again for the same
+    /// instance on every restart; must be idempotent.
+    fn watch(&self, output: InstanceOutput);
+    /// The instance is gone for good: ingest what is left, then let go.
+    fn finish(&self, instance: &str);
+}
+
 /// Settings of the deployer.
 #[derive(Debug, Clone)]
 pub struct DeployConfig {
@@ -144,6 +171,8 @@ struct Inner {
     last_checks: Mutex<HashMap<String, Vec<String>>>,
     /// Waits for in-flight requests before an instance is signalled.
     drainer: std::sync::OnceLock<Arc<dyn Drainer>>,
+    /// Ingests instances' output.
+    output: Option<Arc<dyn OutputSink>>,
     /// Builds in progress (their working copies are not garbage).
     builds: Mutex<HashSet<i64>>,
 }
@@ -166,6 +195,7 @@ impl Deployer {
         store: Arc<Store>,
         runtime: Arc<dyn Runtime>,
         config: DeployConfig,
+        output: Option<Arc<dyn OutputSink>>,
     ) -> Result<Self, DeployError> {
         let artifacts = ArtifactStore::new(&config.data_dir)?;
         let logs = config.data_dir.join("deployments");
@@ -193,6 +223,7 @@ impl Deployer {
                 backoff: Mutex::new(HashMap::new()),
                 last_checks: Mutex::new(HashMap::new()),
                 drainer: std::sync::OnceLock::new(),
+                output,
                 builds: Mutex::new(HashSet::new()),
             }),
         };
@@ -661,6 +692,39 @@ impl Deployer {
         Ok(())
     }
 
+    /// Tells the output sink about an instance's files.
+    fn watch_output(
+        &self,
+        service: &ServiceName,
+        spec: &ServiceSpec,
+        release: u32,
+        handle: &Handle,
+    ) {
+        if let Some(sink) = &self.inner.output {
+            sink.watch(InstanceOutput {
+                service: service.to_string(),
+                team: spec.owner().to_string(),
+                release,
+                instance: handle.instance_id.clone(),
+                stdout: handle.stdout_path.clone(),
+                stderr: handle.stderr_path.clone(),
+            });
+        }
+    }
+
+    /// Forgets an instance record whose process is gone for good.
+    fn forget_instance(&self, id: &str) -> Result<(), StoreError> {
+        self.inner.store.write(|tx| tx.delete_instance(id))?;
+        self.finish_output(id);
+        Ok(())
+    }
+
+    fn finish_output(&self, id: &str) {
+        if let Some(sink) = &self.inner.output {
+            sink.finish(id);
+        }
+    }
+
     /// Drops the live state of an instance whose process ended, keeping its
     /// latest health results for a failure report.
     fn forget_live(&self, id: &str) -> Option<Live> {
@@ -690,7 +754,7 @@ impl Deployer {
             None => {
                 let Some(handle_json) = rec.handle.clone() else {
                     if rec.instance.state == InstanceState::Draining {
-                        inner.store.write(|tx| tx.delete_instance(&id))?;
+                        self.forget_instance(&id)?;
                     }
                     return Ok(());
                 };
@@ -727,9 +791,13 @@ impl Deployer {
                         }
                     }
                     State::Exited { code, signal } => {
+                        // Its last lines are still in its files.
+                        if let Some((_, spec)) = specs.get(&rec.instance.release) {
+                            self.watch_output(service, spec, rec.instance.release, &handle);
+                        }
                         let _ = inner.runtime.destroy(&handle).await;
                         if rec.instance.state == InstanceState::Draining {
-                            inner.store.write(|tx| tx.delete_instance(&id))?;
+                            self.forget_instance(&id)?;
                         } else {
                             let why = format!(
                                 "{} while tend was down",
@@ -1152,6 +1220,9 @@ impl Deployer {
         health: Health,
         spec: Option<&ServiceSpec>,
     ) {
+        if let Some(spec) = spec {
+            self.watch_output(service, spec, release_of(id).unwrap_or(0), &handle);
+        }
         let mut tasks = Vec::new();
         // Exit watcher: wakes the service the moment the process ends.
         {
@@ -1315,6 +1386,9 @@ impl Deployer {
         if let Err(e) = r {
             tracing::error!(instance = %id, error = %e, "cannot record a stop");
         }
+        if handle.is_none() {
+            self.finish_output(id);
+        }
         lock(&self.inner.backoff).remove(id);
         if let Some(h) = handle {
             self.publish_routes();
@@ -1359,6 +1433,7 @@ impl Deployer {
                     }
                     (_, rec) => {
                         tx.delete_instance(&id)?;
+                        d.finish_output(&id);
                         if let Some(r) = &rec {
                             tx.append_event(
                                 &r.service,
@@ -1433,10 +1508,12 @@ impl Deployer {
             }
             tracing::warn!(instance = %h.instance_id, pid = h.pid, "stopping an orphan instance");
             let rt = self.inner.runtime.clone();
+            let d = self.clone();
             tokio::spawn(async move {
                 if rt.stop(&h, libc::SIGTERM, ORPHAN_GRACE).await.is_ok() {
                     let _ = rt.destroy(&h).await;
                 }
+                d.finish_output(&h.instance_id);
             });
         }
     }

@@ -18,7 +18,7 @@ pub mod health;
 pub mod pack;
 pub mod plan;
 
-pub use controller::{DeployConfig, DeployError, Deployer, Drainer};
+pub use controller::{DeployConfig, DeployError, Deployer, Drainer, InstanceOutput, OutputSink};
 
 /// Says how a process ended, for people: `exit code 1`, `killed by signal 9 (SIGKILL)`.
 pub fn describe_exit(code: Option<i32>, signal: Option<i32>) -> String {

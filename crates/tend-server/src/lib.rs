@@ -145,6 +145,7 @@ impl Server {
                 build_timeout: config.build_timeout,
                 ..tend_deploy::DeployConfig::new(config.data_dir.clone())
             },
+            None,
         )
         .map_err(|e| StartError::Deploy(e.to_string()))?;
         let router = tend_router::Router::bind(
