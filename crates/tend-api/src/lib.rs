@@ -233,3 +233,42 @@ pub enum WatchEvent {
         deployment: Deployment,
     },
 }
+
+/// One line of `GET /api/v1/services/{name}/logs` (newline-delimited JSON).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LogEntry {
+    /// When tend received the line.
+    pub time: Timestamp,
+    /// The service.
+    pub service: String,
+    /// Release of the instance that wrote it (absent for some platform lines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<u32>,
+    /// Instance that wrote it (absent for some platform lines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// `stdout`, `stderr` or `platform` (tend's own lines: deploys, crashes, health).
+    pub stream: String,
+    /// Level, when the line is JSON with a level, or a platform line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    /// The JSON `msg`/`message` of the line, else the whole line.
+    pub message: String,
+    /// The line as written.
+    pub raw: String,
+    /// Order within the service's stored lines.
+    pub seq: u64,
+}
+
+/// An item of the logs stream: a line, or how many lines a slow reader missed.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum LogItem {
+    /// A line.
+    Line(LogEntry),
+    /// Lines skipped because the reader was too slow (follow only).
+    Lagged {
+        /// How many.
+        lagged: u64,
+    },
+}

@@ -428,4 +428,48 @@ impl Client {
         )
         .await
     }
+
+    /// `GET /api/v1/services/{name}/logs?...`: calls `on_item` for every line
+    /// (and lag notice) until the stream ends (never, with `follow=true`,
+    /// unless `on_item` returns false).
+    pub async fn logs(
+        &self,
+        name: &str,
+        params: &[(&str, String)],
+        mut on_item: impl FnMut(LogItem) -> bool,
+    ) -> Result<()> {
+        let req = self
+            .http
+            .get(format!("{}/api/v1/services/{}/logs", self.base, seg(name)))
+            .query(params)
+            .timeout(Duration::from_secs(365 * 24 * 3600));
+        let mut resp = self.execute(req).await?;
+        let status = resp.status();
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?
+        {
+            buf.extend_from_slice(&chunk);
+            while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=i).collect();
+                if line.iter().all(|b| b.is_ascii_whitespace()) {
+                    continue; // keep-alive
+                }
+                let item: LogItem =
+                    serde_json::from_slice(&line).map_err(|e| ClientError::Protocol {
+                        status,
+                        message: format!("bad log line: {e}"),
+                    })?;
+                if !on_item(item) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
 }

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod db;
 pub mod error;
 mod extract;
+mod logs;
 mod openapi;
 mod routes;
 
@@ -80,6 +81,9 @@ pub enum StartError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The log store could not be opened.
+    #[error("cannot open the log store: {0}")]
+    Logs(String),
     /// The runtime or the deployer could not start.
     #[error("cannot start deployment automation: {0}")]
     Deploy(String),
@@ -102,6 +106,8 @@ pub struct AppState {
     pub deployer: tend_deploy::Deployer,
     /// Where the router listens (for the URLs shown in status).
     pub router_addr: SocketAddr,
+    /// Every instance's output, stored and searchable.
+    pub logs: tend_logs::Logs,
 }
 
 /// A bound, not yet serving, server.
@@ -135,6 +141,13 @@ impl Server {
                     source,
                 })?;
         let store = Arc::new(store);
+        let logs_dir = config.data_dir.join("logs");
+        let logs = tokio::task::spawn_blocking(move || {
+            tend_logs::Logs::open(tend_logs::LogConfig::new(logs_dir))
+        })
+        .await
+        .map_err(|e| StartError::Logs(e.to_string()))?
+        .map_err(|e| StartError::Logs(e.to_string()))?;
         let runtime = tend_runtime::ProcessRuntime::new(config.data_dir.join("instances"))
             .map_err(|e| StartError::Deploy(e.to_string()))?;
         let deployer = tend_deploy::Deployer::start(
@@ -145,9 +158,10 @@ impl Server {
                 build_timeout: config.build_timeout,
                 ..tend_deploy::DeployConfig::new(config.data_dir.clone())
             },
-            None,
+            Some(Arc::new(logs::LogsSink(logs.clone()))),
         )
         .map_err(|e| StartError::Deploy(e.to_string()))?;
+        logs::spawn_event_tailer(store.clone(), logs.clone());
         let router = tend_router::Router::bind(
             tend_router::RouterConfig::new(config.router_listen),
             deployer.routes(),
@@ -165,6 +179,7 @@ impl Server {
                 store,
                 deployer,
                 router_addr: router.local_addr(),
+                logs,
             },
             body_limit: config.body_limit,
             bootstrap_token,
@@ -196,6 +211,7 @@ impl Server {
             let _ = rx.wait_for(|s| *s).await;
         };
         let router = tokio::spawn(self.router.serve(stopped(stop_rx.clone())));
+        let logs = self.state.logs.clone();
         let app = routes::router(self.state, self.body_limit);
         let api = axum::serve(
             self.listener,
@@ -206,6 +222,9 @@ impl Server {
         let router = router
             .await
             .map_err(|e| std::io::Error::other(format!("router task failed: {e}")))?;
+        // Write what the logs hold in memory; instances keep writing to their
+        // files and the next start picks up from the checkpoint.
+        let _ = tokio::task::spawn_blocking(move || logs.shutdown()).await;
         api.and(router)
     }
 }

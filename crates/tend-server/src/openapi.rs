@@ -16,6 +16,7 @@ use utoipa::{Modify, OpenApi};
         (name = "services", description = "The service catalog"),
         (name = "audit", description = "The audit trail"),
         (name = "deploy", description = "Releases, deployments and operations"),
+        (name = "logs", description = "Every instance's output"),
     )
 )]
 struct Base;

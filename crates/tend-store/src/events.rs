@@ -6,6 +6,18 @@ use tend_core::ServiceName;
 
 use crate::{ts, Result, Tx};
 
+/// An event from the columns `id, time, service, kind, message, actor`.
+fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
+    Ok(Event {
+        id: r.get(0)?,
+        time: ts(r.get(1)?),
+        service: r.get(2)?,
+        kind: r.get(3)?,
+        message: r.get(4)?,
+        actor: r.get(5)?,
+    })
+}
+
 impl Tx<'_> {
     /// Appends an event to a service's timeline.
     pub fn append_event(
@@ -22,6 +34,25 @@ impl Tx<'_> {
         Ok(self.txn.last_insert_rowid())
     }
 
+    /// Events of every service after `after_id`, oldest first, at most `limit`.
+    pub fn events_after(&self, after_id: i64, limit: u32) -> Result<Vec<Event>> {
+        let mut stmt = self.txn.prepare_cached(
+            "SELECT id, time, service, kind, message, actor FROM events
+             WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let rows = stmt
+            .query_map(params![after_id, limit], event_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// The id of the newest event (0 when there is none).
+    pub fn last_event_id(&self) -> Result<i64> {
+        Ok(self
+            .txn
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?)
+    }
+
     /// The latest `limit` events of a service, oldest first.
     pub fn events(&self, service: &ServiceName, limit: u32) -> Result<Vec<Event>> {
         let mut stmt = self.txn.prepare_cached(
@@ -30,16 +61,7 @@ impl Tx<'_> {
              ORDER BY id",
         )?;
         let rows = stmt
-            .query_map(params![service.as_str(), limit], |r| {
-                Ok(Event {
-                    id: r.get(0)?,
-                    time: ts(r.get(1)?),
-                    service: r.get(2)?,
-                    kind: r.get(3)?,
-                    message: r.get(4)?,
-                    actor: r.get(5)?,
-                })
-            })?
+            .query_map(params![service.as_str(), limit], event_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }

@@ -92,6 +92,8 @@ pub enum Command {
     Services(ServicesArgs),
     /// Show a service's timeline: what changed and what happened
     Events(EventsArgs),
+    /// Show a service's output: every instance, every release, tend's own events between
+    Logs(LogsArgs),
     /// Manage teams (admins) and their notification channels (members)
     #[command(alias = "team")]
     Teams(TeamsArgs),
@@ -239,6 +241,47 @@ pub enum ServicesCommand {
         /// Service name
         name: String,
     },
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  tend logs checkout -f                      follow, across restarts and deploys
+  tend logs checkout --since 1h --level error
+  tend logs checkout --release v3 --grep 'timeout|refused'
+  tend logs checkout -n 1000 -o json | jq .message")]
+pub struct LogsArgs {
+    /// Service name
+    pub name: String,
+    /// Keep streaming new lines (like `kubectl logs -f`)
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only lines after this: a duration (1h, 15m) or a time (2026-11-29T10:00:00Z)
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// Only lines before this: a duration or a time
+    #[arg(long, value_name = "WHEN")]
+    pub until: Option<String>,
+    /// Only lines of this release (v3 or 3)
+    #[arg(long, value_name = "VERSION")]
+    pub release: Option<String>,
+    /// Only lines of this instance
+    #[arg(long, value_name = "ID")]
+    pub instance: Option<String>,
+    /// Only stdout, stderr or platform (tend's own lines)
+    #[arg(long, value_name = "STREAM")]
+    pub stream: Option<String>,
+    /// Only lines at this level or worse (debug, info, warn, error, fatal)
+    #[arg(long, value_name = "LEVEL")]
+    pub level: Option<String>,
+    /// Only lines matching this regular expression
+    #[arg(short = 'g', long, value_name = "REGEX", conflicts_with = "contains")]
+    pub grep: Option<String>,
+    /// Only lines containing this text
+    #[arg(long, value_name = "TEXT")]
+    pub contains: Option<String>,
+    /// How many of the latest stored lines (0 for all)
+    #[arg(short = 'n', long, default_value_t = 100)]
+    pub lines: usize,
 }
 
 #[derive(Debug, Args)]

@@ -39,6 +39,16 @@ impl std::error::Error for Reported {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Server(_) | Command::Demo(_)) {
+        // A client command piped into `head` should end quietly when the pipe
+        // closes, like other Unix tools, not panic on a failed print. The
+        // server keeps Rust's default (SIGPIPE ignored): it must survive a
+        // client that goes away.
+        // SAFETY: setting a signal disposition before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -71,6 +81,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Start(a) => commands::deploy::set_stopped(g, &a.name, false).await,
         Command::Services(args) => commands::services::run(g, args).await,
         Command::Events(args) => commands::services::events(g, args).await,
+        Command::Logs(args) => commands::logs::run(g, args).await,
         Command::Teams(args) => commands::teams::run(g, args).await,
         Command::Tokens(args) => commands::tokens::run(g, args).await,
         Command::Audit(args) => commands::audit::run(g, args).await,

@@ -3,6 +3,7 @@
 
 mod audit;
 mod deploy;
+mod logs;
 mod meta;
 mod services;
 mod teams;
@@ -27,6 +28,7 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .merge(services::routes())
         .merge(audit::routes())
         .merge(deploy::routes())
+        .merge(logs::routes())
 }
 
 pub(crate) fn router(state: AppState, body_limit: usize) -> Router {

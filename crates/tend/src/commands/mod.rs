@@ -4,6 +4,7 @@ pub mod audit;
 pub mod demo;
 pub mod deploy;
 pub mod login;
+pub mod logs;
 pub mod manifest;
 pub mod server;
 pub mod services;
