@@ -167,6 +167,12 @@ pub struct ServiceSummary {
     pub generation: i64,
     /// Last change.
     pub updated_at: Timestamp,
+    /// The release that should run (`None` before the first deploy).
+    pub release: Option<u32>,
+    /// Instances ready to take traffic.
+    pub ready_instances: u32,
+    /// Instances that should run.
+    pub desired_instances: u32,
 }
 
 pub use tend_core::model::{

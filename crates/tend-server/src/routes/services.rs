@@ -59,18 +59,39 @@ async fn list_services(
     _caller: Caller,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Vec<ServiceSummary>>, ApiError> {
-    let list = read(&state, move |tx| Ok(tx.services(params.owner.as_ref())?)).await?;
-    Ok(Json(
-        list.into_iter()
-            .map(|r| ServiceSummary {
+    let list = read(&state, move |tx| {
+        let mut out = Vec::new();
+        for r in tx.services(params.owner.as_ref())? {
+            let desired = tx.desired(&r.name)?;
+            let instances = tx.instances(Some(&r.name))?;
+            let spec_instances = match desired.release {
+                Some(v) => serde_json::from_str::<ServiceSpec>(&tx.release(&r.name, v)?.1)
+                    .map(|s| s.run.instances)
+                    .unwrap_or(0),
+                None => 0,
+            };
+            out.push(ServiceSummary {
+                release: desired.release,
+                ready_instances: instances
+                    .iter()
+                    .filter(|i| i.instance.state == tend_core::model::InstanceState::Ready)
+                    .count() as u32,
+                desired_instances: if desired.stopped {
+                    0
+                } else {
+                    desired.scale.unwrap_or(spec_instances)
+                },
                 name: r.name,
                 owner: r.owner,
                 description: r.description,
                 generation: r.generation,
                 updated_at: r.updated_at,
-            })
-            .collect(),
-    ))
+            });
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok(Json(list))
 }
 
 /// Registers or updates a service from its `tend.toml`. The caller must act for

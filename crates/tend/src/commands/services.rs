@@ -22,12 +22,22 @@ pub async fn run(g: &Global, args: ServicesArgs) -> Result<()> {
                     println!("no services yet: write a tend.toml and run `tend apply`");
                     return;
                 }
-                let mut t = table(["name", "owner", "generation", "updated", "description"]);
+                let mut t = table([
+                    "name",
+                    "owner",
+                    "release",
+                    "ready",
+                    "updated",
+                    "description",
+                ]);
                 for s in list {
                     t.add_row(vec![
                         s.name.to_string(),
                         s.owner.to_string(),
-                        s.generation.to_string(),
+                        s.release
+                            .map(|r| format!("v{r}"))
+                            .unwrap_or_else(|| "-".into()),
+                        format!("{}/{}", s.ready_instances, s.desired_instances),
                         s.updated_at.to_string(),
                         s.description.clone(),
                     ]);
