@@ -278,3 +278,44 @@ pub enum LogItem {
         lagged: u64,
     },
 }
+
+/// `GET /api/v1/services/{name}/config`: the service's config vars.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ConfigView {
+    /// Incremented by every change; 0 before the first.
+    pub version: u32,
+    /// Names and values (they override the manifest's `[env]`).
+    pub vars: std::collections::BTreeMap<String, String>,
+    /// When they last changed.
+    pub updated_at: Option<Timestamp>,
+    /// Who changed them last.
+    pub updated_by: Option<String>,
+}
+
+/// `POST /api/v1/services/{name}/config`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigChange {
+    /// Vars to add or replace.
+    #[serde(default)]
+    pub set: std::collections::BTreeMap<String, String>,
+    /// Vars to remove.
+    #[serde(default)]
+    pub unset: Vec<String>,
+    /// Roll the change out as a new release now (default); false stages it for the next deploy.
+    #[serde(default = "yes")]
+    pub deploy: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The answer to a config change.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ConfigChanged {
+    /// The new config version.
+    pub version: u32,
+    /// The deployment rolling it out, unless staged.
+    pub deployment: Option<Deployment>,
+}

@@ -472,4 +472,20 @@ impl Client {
         }
         Ok(())
     }
+
+    /// `GET /api/v1/services/{name}/config`.
+    pub async fn config(&self, name: &str) -> Result<ConfigView> {
+        self.get(&format!("/api/v1/services/{}/config", seg(name)))
+            .await
+    }
+
+    /// `POST /api/v1/services/{name}/config`.
+    pub async fn change_config(&self, name: &str, change: &ConfigChange) -> Result<ConfigChanged> {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/services/{}/config", seg(name)),
+            Some(change),
+        )
+        .await
+    }
 }

@@ -3,6 +3,7 @@
 //! This crate does no I/O: no files, no sockets, no clock. Everything here is a
 //! plain value that other crates store, send and validate.
 
+pub mod env;
 pub mod model;
 pub mod names;
 pub mod routing;

@@ -208,7 +208,9 @@ pub struct Release {
     pub version: u32,
     /// Content address (SHA-256) of the built files.
     pub artifact: String,
-    /// What made it (`deploy`, `config change`, ...).
+    /// Version of the service's config vars it runs with (0: none set).
+    pub config_version: u32,
+    /// What made it (`deploy`, `config: set A, B`, ...).
     pub description: String,
     /// When it was made.
     pub created_at: Timestamp,

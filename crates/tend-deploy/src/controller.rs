@@ -553,8 +553,8 @@ impl Deployer {
             let mut versions: HashSet<u32> = instances.iter().map(|i| i.instance.release).collect();
             versions.extend(desired.release);
             for v in versions {
-                if let Ok((release, spec)) = tx.release(service, v) {
-                    specs.insert(v, (release, spec));
+                if let Ok(release) = tx.release(service, v) {
+                    specs.insert(v, release);
                 }
             }
             Ok((desired, instances, deployment, specs))
@@ -565,13 +565,17 @@ impl Deployer {
             Err(e) => return Err(e.into()),
         };
         let mut specs: HashMap<u32, (String, ServiceSpec)> = HashMap::new();
-        for (v, (release, json)) in releases {
-            let spec: ServiceSpec = serde_json::from_str(&json).map_err(|e| {
+        for (v, rec) in releases {
+            let mut spec: ServiceSpec = serde_json::from_str(&rec.spec).map_err(|e| {
                 DeployError::Invalid(format!(
                     "release v{v} of {service} has an unreadable spec: {e}"
                 ))
             })?;
-            specs.insert(v, (release.artifact, spec));
+            // The environment the release runs with: `[env]`, config vars on
+            // top, references resolved (cycles were refused when the vars were set).
+            spec.env = tend_core::env::resolve(&spec.env, &rec.config)
+                .map_err(|e| DeployError::Invalid(format!("release v{v} of {service}: {e}")))?;
+            specs.insert(v, (rec.release.artifact, spec));
         }
 
         // 1. Observe: adopt what runs without live state, notice exits.

@@ -186,3 +186,88 @@ pub fn set_stopped(
     tx.append_event(service, kind, msg, Some(actor))?;
     Ok(())
 }
+
+/// Changes a service's config vars: `set` adds or replaces, `unset` removes.
+/// Unless `deploy` is false, the change becomes a new release (same files and
+/// spec, new config) rolled out like any deploy — so a bad value is rolled
+/// back by itself. Returns the new config version and the deployment, if any.
+pub fn change_config(
+    tx: &mut Tx<'_>,
+    service: &ServiceName,
+    set: &std::collections::BTreeMap<String, String>,
+    unset: &[String],
+    deploy: bool,
+    actor: &str,
+) -> Result<(u32, Option<Deployment>), DeployError> {
+    for key in set.keys().chain(unset) {
+        check_var_name(key)?;
+    }
+    let mut vars = tx.config(service)?.vars;
+    for k in unset {
+        if vars.remove(k).is_none() {
+            return Err(DeployError::Invalid(format!(
+                "`{k}` is not set for {service}"
+            )));
+        }
+    }
+    vars.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let desired = tx.desired(service)?;
+    // Refuse what could never run: references that loop.
+    let base_env = match desired.release {
+        Some(v) => {
+            serde_json::from_str::<tend_manifest::ServiceSpec>(&tx.release(service, v)?.spec)
+                .map(|s| s.env)
+                .unwrap_or_default()
+        }
+        None => Default::default(),
+    };
+    tend_core::env::resolve(&base_env, &vars).map_err(|e| DeployError::Invalid(e.to_string()))?;
+    let version = tx.set_config(service, &vars, Some(actor))?;
+    let mut what = Vec::new();
+    if !set.is_empty() {
+        what.push(format!(
+            "set {}",
+            set.keys().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    if !unset.is_empty() {
+        what.push(format!("unset {}", unset.join(", ")));
+    }
+    // Names only: values may be sensitive and events are readable by everyone.
+    let summary = format!("config v{version}: {}", what.join("; "));
+    tx.append_event(service, "config.changed", &summary, Some(actor))?;
+    let deployment = match (deploy, desired.release) {
+        (true, Some(current)) => {
+            let release = tx.create_config_release(service, current, &summary, Some(actor))?;
+            Some(begin_release(
+                tx,
+                service,
+                release.version,
+                DeploymentKind::Deploy,
+                actor,
+            )?)
+        }
+        _ => None,
+    };
+    Ok((version, deployment))
+}
+
+/// Config var names follow the manifest's `[env]` rules.
+fn check_var_name(key: &str) -> Result<(), DeployError> {
+    let mut chars = key.chars();
+    let valid = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(DeployError::Invalid(format!(
+            "`{key}` is not a valid variable name: use letters, digits and `_`, not starting with a digit"
+        )));
+    }
+    if key == "PORT" || key.starts_with("TEND_") {
+        return Err(DeployError::Invalid(format!(
+            "`{key}` is set by the platform and cannot be configured"
+        )));
+    }
+    Ok(())
+}

@@ -17,6 +17,7 @@ use utoipa::{Modify, OpenApi};
         (name = "audit", description = "The audit trail"),
         (name = "deploy", description = "Releases, deployments and operations"),
         (name = "logs", description = "Every instance's output"),
+        (name = "config", description = "Config vars, versioned with releases"),
     )
 )]
 struct Base;

@@ -1,5 +1,7 @@
 //! Releases, deployments, instances and each service's desired runtime state.
 
+use std::collections::BTreeMap;
+
 use rusqlite::{params, OptionalExtension, Row};
 use tend_core::model::{
     Deployment, DeploymentKind, DeploymentState, DeploymentStep, Instance, InstanceState, Release,
@@ -74,7 +76,8 @@ fn parse_state(s: &str) -> Result<DeploymentState> {
     })
 }
 
-/// A release from the columns `version, artifact, description, created_at, created_by`.
+/// A release from the columns `version, artifact, description, created_at,
+/// created_by, config_version`.
 fn release_row(r: &Row<'_>) -> rusqlite::Result<Release> {
     Ok(Release {
         version: r.get(0)?,
@@ -82,7 +85,39 @@ fn release_row(r: &Row<'_>) -> rusqlite::Result<Release> {
         description: r.get(2)?,
         created_at: ts(r.get(3)?),
         created_by: r.get(4)?,
+        config_version: r.get(5)?,
     })
+}
+
+const RELEASE_COLUMNS: &str =
+    "version, artifact, description, created_at, created_by, config_version";
+
+/// A release with what it runs: the spec (JSON) and the config vars.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReleaseRecord {
+    /// The release.
+    pub release: Release,
+    /// The validated spec, as JSON.
+    pub spec: String,
+    /// The service's config vars at the time (they override the spec's `[env]`).
+    pub config: BTreeMap<String, String>,
+}
+
+/// The config vars of a service, as last set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigVars {
+    /// Incremented by every change; 0 before the first.
+    pub version: u32,
+    /// Names and values.
+    pub vars: BTreeMap<String, String>,
+    /// When they last changed.
+    pub updated_at: Option<Timestamp>,
+    /// Who changed them last.
+    pub updated_by: Option<String>,
+}
+
+fn parse_vars(json: &str) -> Result<BTreeMap<String, String>> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("config vars: {e}")))
 }
 
 const DEPLOYMENT_COLUMNS: &str = "d.id, s.name, d.kind, d.release, d.previous, d.state, d.reason, \
@@ -219,7 +254,8 @@ impl Tx<'_> {
             .collect()
     }
 
-    /// Records a new release with the next version number.
+    /// Records a new release with the next version number, running the
+    /// service's current config vars.
     pub fn create_release(
         &mut self,
         service: &ServiceName,
@@ -228,6 +264,9 @@ impl Tx<'_> {
         description: &str,
         created_by: Option<&str>,
     ) -> Result<Release> {
+        let config = self.config(service)?;
+        let vars =
+            serde_json::to_string(&config.vars).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let sid = self.service_id(service)?;
         let version: u32 = self.txn.query_row(
             "SELECT COALESCE(MAX(version), 0) + 1 FROM releases WHERE service_id = ?1",
@@ -235,12 +274,14 @@ impl Tx<'_> {
             |r| r.get(0),
         )?;
         self.txn.execute(
-            "INSERT INTO releases(service_id, version, spec, artifact, description, created_at, created_by)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![sid, version, spec, artifact, description, self.now.as_millis(), created_by],
+            "INSERT INTO releases(service_id, version, spec, artifact, description, created_at, created_by,
+                                  config, config_version)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![sid, version, spec, artifact, description, self.now.as_millis(), created_by, vars, config.version],
         )?;
         Ok(Release {
             version,
+            config_version: config.version,
             artifact: artifact.to_string(),
             description: description.to_string(),
             created_at: self.now,
@@ -251,31 +292,96 @@ impl Tx<'_> {
     /// A service's releases, newest first.
     pub fn releases(&self, service: &ServiceName) -> Result<Vec<Release>> {
         let sid = self.service_id(service)?;
-        let mut stmt = self.txn.prepare_cached(
-            "SELECT version, artifact, description, created_at, created_by FROM releases
-             WHERE service_id = ?1 ORDER BY version DESC",
-        )?;
+        let mut stmt = self.txn.prepare_cached(&format!(
+            "SELECT {RELEASE_COLUMNS} FROM releases WHERE service_id = ?1 ORDER BY version DESC"
+        ))?;
         let rows = stmt
             .query_map([sid], release_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
 
-    /// One release with the spec (JSON) it runs with.
-    pub fn release(&self, service: &ServiceName, version: u32) -> Result<(Release, String)> {
+    /// One release with the spec and config it runs with.
+    pub fn release(&self, service: &ServiceName, version: u32) -> Result<ReleaseRecord> {
         let sid = self.service_id(service)?;
-        self.txn
+        let (release, spec, config): (Release, String, String) = self
+            .txn
             .query_row(
-                "SELECT version, artifact, description, created_at, created_by, spec FROM releases
-                 WHERE service_id = ?1 AND version = ?2",
+                &format!("SELECT {RELEASE_COLUMNS}, spec, config FROM releases WHERE service_id = ?1 AND version = ?2"),
                 params![sid, version],
-                |r| Ok((release_row(r)?, r.get(5)?)),
+                |r| Ok((release_row(r)?, r.get(6)?, r.get(7)?)),
             )
             .optional()?
             .ok_or_else(|| StoreError::NotFound {
                 kind: "release",
                 name: format!("{service} v{version}"),
-            })
+            })?;
+        Ok(ReleaseRecord {
+            release,
+            spec,
+            config: parse_vars(&config)?,
+        })
+    }
+
+    /// The service's config vars.
+    pub fn config(&self, service: &ServiceName) -> Result<ConfigVars> {
+        let sid = self.service_id(service)?;
+        let row: Option<(u32, String, i64, Option<String>)> = self
+            .txn
+            .query_row(
+                "SELECT version, vars, updated_at, updated_by FROM service_config WHERE service_id = ?1",
+                [sid],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        match row {
+            None => Ok(ConfigVars::default()),
+            Some((version, vars, at, by)) => Ok(ConfigVars {
+                version,
+                vars: parse_vars(&vars)?,
+                updated_at: Some(ts(at)),
+                updated_by: by,
+            }),
+        }
+    }
+
+    /// Replaces the service's config vars; returns the new version.
+    pub fn set_config(
+        &mut self,
+        service: &ServiceName,
+        vars: &BTreeMap<String, String>,
+        actor: Option<&str>,
+    ) -> Result<u32> {
+        let sid = self.service_id(service)?;
+        let version = self.config(service)?.version + 1;
+        let json = serde_json::to_string(vars).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.txn.execute(
+            "INSERT INTO service_config(service_id, version, vars, updated_at, updated_by)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(service_id) DO UPDATE SET version = excluded.version, vars = excluded.vars,
+                 updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+            params![sid, version, json, self.now.as_millis(), actor],
+        )?;
+        Ok(version)
+    }
+
+    /// Records a release that runs an existing release's files and spec with
+    /// the service's current config vars (a config change).
+    pub fn create_config_release(
+        &mut self,
+        service: &ServiceName,
+        base: u32,
+        description: &str,
+        created_by: Option<&str>,
+    ) -> Result<Release> {
+        let base = self.release(service, base)?;
+        self.create_release(
+            service,
+            &base.spec,
+            &base.release.artifact,
+            description,
+            created_by,
+        )
     }
 
     /// Content addresses of every artifact some release still refers to,

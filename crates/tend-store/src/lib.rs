@@ -26,7 +26,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use tend_core::Timestamp;
 
 pub use audit::AuditQuery;
-pub use deploy::{Desired, InstanceRecord};
+pub use deploy::{ConfigVars, Desired, InstanceRecord, ReleaseRecord};
 pub use services::{ServiceRecord, UpsertOutcome};
 pub use tokens::{NewToken, TokenLookup};
 

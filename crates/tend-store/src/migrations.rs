@@ -138,6 +138,18 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX audit_team ON audit(team, id);
     "#,
+    // v2: config vars per service, versioned with releases.
+    r#"
+    ALTER TABLE releases ADD COLUMN config_version INTEGER NOT NULL DEFAULT 0;
+
+    CREATE TABLE service_config (
+        service_id  INTEGER PRIMARY KEY REFERENCES services(id) ON DELETE CASCADE,
+        version     INTEGER NOT NULL,
+        vars        TEXT NOT NULL,
+        updated_at  INTEGER NOT NULL,
+        updated_by  TEXT
+    ) STRICT;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -90,6 +90,8 @@ pub enum Command {
     /// List services, or show and delete one
     #[command(alias = "service", alias = "svc")]
     Services(ServicesArgs),
+    /// Show a service's config vars, or set and unset them (each change is a new release)
+    Config(ConfigArgs),
     /// Show a service's timeline: what changed and what happened
     Events(EventsArgs),
     /// Show a service's output: every instance, every release, tend's own events between
@@ -282,6 +284,52 @@ pub struct LogsArgs {
     /// How many of the latest stored lines (0 for all)
     #[arg(short = 'n', long, default_value_t = 100)]
     pub lines: usize,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:
+  tend config checkout                               list
+  tend config set checkout LOG_LEVEL=debug DB_HOST=db.internal
+  tend config set checkout 'DATABASE_URL=postgres://${DB_HOST}/app'
+  tend config set checkout --from-file .env --no-deploy
+  tend config unset checkout LOG_LEVEL"
+)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    pub command: Option<ConfigCommand>,
+    /// Service name (to list its vars)
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Set vars (KEY=VALUE ...); rolled out as a new release
+    Set {
+        /// Service name
+        name: String,
+        /// KEY=VALUE pairs
+        #[arg(value_name = "KEY=VALUE")]
+        pairs: Vec<String>,
+        /// Read KEY=VALUE lines from a .env file
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<PathBuf>,
+        /// Stage the change for the next deploy instead of rolling it out now
+        #[arg(long)]
+        no_deploy: bool,
+    },
+    /// Remove vars; rolled out as a new release
+    Unset {
+        /// Service name
+        name: String,
+        /// Names to remove
+        #[arg(required = true, value_name = "KEY")]
+        keys: Vec<String>,
+        /// Stage the change for the next deploy instead of rolling it out now
+        #[arg(long)]
+        no_deploy: bool,
+    },
 }
 
 #[derive(Debug, Args)]

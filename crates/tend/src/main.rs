@@ -2,8 +2,8 @@
 
 mod cli;
 mod commands;
-mod config;
 mod output;
+mod profile;
 
 use std::process::ExitCode;
 
@@ -80,6 +80,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stop(a) => commands::deploy::set_stopped(g, &a.name, true).await,
         Command::Start(a) => commands::deploy::set_stopped(g, &a.name, false).await,
         Command::Services(args) => commands::services::run(g, args).await,
+        Command::Config(args) => commands::config::run(g, args).await,
         Command::Events(args) => commands::services::events(g, args).await,
         Command::Logs(args) => commands::logs::run(g, args).await,
         Command::Teams(args) => commands::teams::run(g, args).await,

@@ -151,7 +151,7 @@ async fn deploy_release(
 }
 
 /// Runs an authorised change on a service, then wakes the controller.
-async fn change<T, F>(
+pub(super) async fn change<T, F>(
     state: &AppState,
     caller: &Caller,
     action: &'static str,
@@ -329,7 +329,7 @@ pub(crate) async fn service_status(
         let desired = tx.desired(&n)?;
         let deployment = tx.deployments(&n, 1)?.into_iter().next();
         let spec_instances = match desired.release {
-            Some(v) => serde_json::from_str::<tend_manifest::ServiceSpec>(&tx.release(&n, v)?.1)
+            Some(v) => serde_json::from_str::<tend_manifest::ServiceSpec>(&tx.release(&n, v)?.spec)
                 .map(|s| s.run.instances)
                 .unwrap_or(0),
             None => 0,

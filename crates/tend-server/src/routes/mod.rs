@@ -2,6 +2,7 @@
 //! router is built from the same list as the spec, so the two cannot drift.
 
 mod audit;
+mod config;
 mod deploy;
 mod logs;
 mod meta;
@@ -29,6 +30,7 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .merge(audit::routes())
         .merge(deploy::routes())
         .merge(logs::routes())
+        .merge(config::routes())
 }
 
 pub(crate) fn router(state: AppState, body_limit: usize) -> Router {

@@ -65,7 +65,7 @@ async fn list_services(
             let desired = tx.desired(&r.name)?;
             let instances = tx.instances(Some(&r.name))?;
             let spec_instances = match desired.release {
-                Some(v) => serde_json::from_str::<ServiceSpec>(&tx.release(&r.name, v)?.1)
+                Some(v) => serde_json::from_str::<ServiceSpec>(&tx.release(&r.name, v)?.spec)
                     .map(|s| s.run.instances)
                     .unwrap_or(0),
                 None => 0,

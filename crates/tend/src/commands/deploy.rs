@@ -92,7 +92,7 @@ fn human_bytes(n: u64) -> String {
 
 /// Follows a deployment to its end, printing build output and steps; exits
 /// non-zero (with the reason) unless it succeeded.
-async fn follow(g: &Global, client: &Client, d: Deployment, detach: bool) -> Result<()> {
+pub async fn follow(g: &Global, client: &Client, d: Deployment, detach: bool) -> Result<()> {
     let kind = output::api_name(&d.kind);
     note(
         g,

@@ -6,12 +6,12 @@ use anyhow::{Context, Result};
 use tend_client::Client;
 
 use crate::cli::Global;
-use crate::config::{self, Config};
 use crate::output;
+use crate::profile::{self, Config};
 
 /// Checks the URL and token against the server, then saves them.
 pub async fn run(g: &Global) -> Result<()> {
-    let url = super::server_url(g, &config::load()?);
+    let url = super::server_url(g, &profile::load()?);
     let token = match &g.token {
         Some(t) => t.clone(),
         None => {
@@ -31,7 +31,7 @@ pub async fn run(g: &Global) -> Result<()> {
     }
     let client = Client::new(&url, Some(token.clone()))?;
     let me = client.whoami().await?;
-    let path = config::save(&Config {
+    let path = profile::save(&Config {
         url: Some(url.clone()),
         token: Some(token),
     })?;

@@ -1,6 +1,7 @@
 //! One module per group of commands.
 
 pub mod audit;
+pub mod config;
 pub mod demo;
 pub mod deploy;
 pub mod login;
@@ -15,11 +16,11 @@ use anyhow::Result;
 use tend_client::Client;
 
 use crate::cli::Global;
-use crate::config;
+use crate::profile;
 
 /// A client for the server and token chosen by flags, environment or login.
 pub fn client(g: &Global) -> Result<Client> {
-    let saved = config::load()?;
+    let saved = profile::load()?;
     let url = server_url(g, &saved);
     let token = g.token.clone().or(saved.token);
     if token.is_none() {
@@ -32,11 +33,11 @@ pub fn client(g: &Global) -> Result<Client> {
 }
 
 /// The server URL: the flag or TEND_URL, then the saved login, then the default.
-pub fn server_url(g: &Global, saved: &config::Config) -> String {
+pub fn server_url(g: &Global, saved: &profile::Config) -> String {
     g.url
         .clone()
         .or_else(|| saved.url.clone())
-        .unwrap_or_else(|| config::DEFAULT_URL.to_string())
+        .unwrap_or_else(|| profile::DEFAULT_URL.to_string())
 }
 
 /// Parses a name argument, with the reason when it is not a DNS label.
