@@ -374,3 +374,50 @@ fn deleting_a_service_stops_its_instances() {
         || runtime_processes(&p.server.data_dir).is_empty(),
     );
 }
+
+#[test]
+fn builds_stream_their_output_and_a_failed_build_changes_nothing() {
+    let p = Platform::start();
+    let _cleanup = KillInstances(p.server.data_dir.clone());
+    let mut svc = ServiceDir::new("web", 1, &[], "");
+    // A build step: the release runs what the build made.
+    let manifest = std::fs::read_to_string(svc.path().join("tend.toml")).unwrap();
+    let with_build = manifest.replace(
+        "[run]\ncommand = \"./app\"",
+        "[build]\ncommand = \"echo compiling-the-thing && cp app built-app\"\n\n[run]\ncommand = \"./built-app\"",
+    );
+    std::fs::write(svc.path().join("tend.toml"), &with_build).unwrap();
+    std::fs::write(svc.path().join(".gitignore"), "built-app\n").unwrap();
+    let o = p.deploy(&svc);
+    assert!(ok(&o).contains("web v1 serves"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("compiling-the-thing"),
+        "build output streamed: {}",
+        stderr(&o)
+    );
+    let before = pids(&p.status("web"));
+
+    std::fs::write(
+        svc.path().join("tend.toml"),
+        with_build.replace(
+            "echo compiling-the-thing && cp app built-app",
+            "echo about-to-fail >&2; exit 7",
+        ),
+    )
+    .unwrap();
+    let o = p.deploy(&svc);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("build failed")
+            && err.contains("exit code 7")
+            && err.contains("about-to-fail"),
+        "{err}"
+    );
+    let s = p.status("web");
+    assert_eq!(s["release"], 1, "no new release");
+    assert_eq!(pids(&s), before, "v1 untouched");
+    let releases = ok(&p.tend(&["releases", "web"]));
+    assert!(!releases.contains("v2"), "{releases}");
+    svc.write("web", 1, &[], "");
+}
