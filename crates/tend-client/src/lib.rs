@@ -488,4 +488,37 @@ impl Client {
         )
         .await
     }
+
+    /// A query of the Prometheus-compatible API (`/api/v1/query` or
+    /// `/api/v1/query_range`): the `data` of a success, or the error.
+    pub async fn prometheus(
+        &self,
+        path: &str,
+        params: &[(&str, String)],
+    ) -> Result<serde_json::Value> {
+        let req = self.http.get(format!("{}{path}", self.base)).query(params);
+        let resp = match self.execute(req).await {
+            Ok(r) => r,
+            // Prometheus errors have their own envelope: show their message.
+            Err(ClientError::Protocol { status, message }) => {
+                let msg = serde_json::from_str::<serde_json::Value>(&message)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_string))
+                    .unwrap_or(message);
+                return Err(ClientError::Api {
+                    status,
+                    body: ErrorBody {
+                        error: ErrorDetail {
+                            code: "bad_data".into(),
+                            message: msg,
+                            details: None,
+                        },
+                    },
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let v: serde_json::Value = self.decode(resp).await?;
+        Ok(v["data"].clone())
+    }
 }

@@ -10,6 +10,7 @@ pub mod db;
 pub mod error;
 mod extract;
 mod logs;
+mod metrics;
 mod openapi;
 mod routes;
 
@@ -43,6 +44,8 @@ pub struct ServerConfig {
     pub keep_releases: u32,
     /// Longest a build may run.
     pub build_timeout: std::time::Duration,
+    /// How often instances' metrics are collected.
+    pub scrape_interval: std::time::Duration,
 }
 
 impl ServerConfig {
@@ -55,6 +58,7 @@ impl ServerConfig {
             body_limit: DEFAULT_BODY_LIMIT,
             keep_releases: 10,
             build_timeout: std::time::Duration::from_secs(15 * 60),
+            scrape_interval: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -81,6 +85,9 @@ pub enum StartError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The time-series store could not be opened.
+    #[error("cannot open the metrics store: {0}")]
+    Metrics(String),
     /// The log store could not be opened.
     #[error("cannot open the log store: {0}")]
     Logs(String),
@@ -108,6 +115,8 @@ pub struct AppState {
     pub router_addr: SocketAddr,
     /// Every instance's output, stored and searchable.
     pub logs: tend_logs::Logs,
+    /// Metrics of every service and of the platform.
+    pub tsdb: tend_metrics::Tsdb,
 }
 
 /// A bound, not yet serving, server.
@@ -172,6 +181,20 @@ impl Server {
             source,
         })?;
         deployer.set_drainer(Arc::new(RouterDrainer(router.clone())));
+        let metrics_dir = config.data_dir.join("metrics");
+        let tsdb = tokio::task::spawn_blocking(move || {
+            tend_metrics::Tsdb::open(tend_metrics::TsdbConfig::new(metrics_dir))
+        })
+        .await
+        .map_err(|e| StartError::Metrics(e.to_string()))?
+        .map_err(|e| StartError::Metrics(e.to_string()))?;
+        metrics::spawn_collector(
+            tsdb.clone(),
+            store.clone(),
+            deployer.routes(),
+            router.clone(),
+            config.scrape_interval,
+        );
         Ok(Self {
             listener,
             router: router.clone(),
@@ -180,6 +203,7 @@ impl Server {
                 deployer,
                 router_addr: router.local_addr(),
                 logs,
+                tsdb,
             },
             body_limit: config.body_limit,
             bootstrap_token,

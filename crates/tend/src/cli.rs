@@ -104,6 +104,8 @@ pub enum Command {
     Tokens(TokensArgs),
     /// Read the audit trail: who did what, when, from where
     Audit(AuditArgs),
+    /// Run a PromQL query over every service's metrics (instant, or --range)
+    Query(QueryArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell)
     Completions {
         /// The shell
@@ -133,6 +135,9 @@ pub struct ServerArgs {
     /// Longest a build may run, e.g. 15m
     #[arg(long, default_value = "15m", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub build_timeout: std::time::Duration,
+    /// How often every instance's /metrics and the router's traffic are collected
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub scrape_interval: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -442,6 +447,22 @@ pub enum TokensCommand {
         /// Token name
         name: String,
     },
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  tend query 'up'
+  tend query 'sum by (service) (rate(tend_http_requests_total[5m]))'
+  tend query --range 1h --step 1m 'histogram_quantile(0.99, sum by (le) (rate(tend_http_request_duration_seconds_bucket[5m])))'")]
+pub struct QueryArgs {
+    /// The PromQL expression
+    pub expr: String,
+    /// Evaluate over this much time up to now (e.g. 1h) instead of at one instant
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub range: Option<std::time::Duration>,
+    /// Resolution of a range query
+    #[arg(long, default_value = "1m", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub step: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

@@ -86,6 +86,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Teams(args) => commands::teams::run(g, args).await,
         Command::Tokens(args) => commands::tokens::run(g, args).await,
         Command::Audit(args) => commands::audit::run(g, args).await,
+        Command::Query(args) => commands::query::run(g, args).await,
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "tend", &mut std::io::stdout());

@@ -178,7 +178,7 @@ fn system_time_ms(t: &SystemTime) -> i64 {
 
 /// Converts a selector's matchers into storage matchers; several groups when
 /// the selector uses `or` between matcher lists.
-fn matcher_groups(vs: &VectorSelector) -> Vec<Vec<Matcher>> {
+pub(crate) fn matcher_groups(vs: &VectorSelector) -> Vec<Vec<Matcher>> {
     let conv = |m: &promql_parser::label::Matcher| match &m.op {
         MatchOp::Equal => Matcher::Eq(m.name.clone(), m.value.clone()),
         MatchOp::NotEqual => Matcher::Neq(m.name.clone(), m.value.clone()),

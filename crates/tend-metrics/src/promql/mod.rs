@@ -125,6 +125,17 @@ fn parse(expr: &str) -> Result<promql_parser::parser::Expr, QueryError> {
     promql_parser::parser::parse(expr).map_err(QueryError::Parse)
 }
 
+/// Parses a series selector (`up{job="x"}`, `{service="web"}`) into groups of
+/// storage matchers (several when the selector uses `or`), for `match[]`.
+pub fn parse_selector(selector: &str) -> Result<Vec<Vec<crate::Matcher>>, QueryError> {
+    match parse(selector)? {
+        promql_parser::parser::Expr::VectorSelector(vs) => Ok(eval::matcher_groups(&vs)),
+        _ => Err(QueryError::Parse(format!(
+            "invalid series selector {selector:?}: expected a metric name and/or label matchers"
+        ))),
+    }
+}
+
 /// Checks that `expr` parses (for validating alert rules and dashboards).
 pub fn validate(expr: &str) -> Result<(), QueryError> {
     parse(expr).map(|_| ())

@@ -6,6 +6,7 @@ mod config;
 mod deploy;
 mod logs;
 mod meta;
+mod prom;
 mod services;
 mod teams;
 mod tokens;
@@ -48,6 +49,7 @@ pub(crate) fn router(state: AppState, body_limit: usize) -> Router {
             }),
         )
         .merge(api)
+        .merge(prom::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))

@@ -7,6 +7,7 @@ pub mod deploy;
 pub mod login;
 pub mod logs;
 pub mod manifest;
+pub mod query;
 pub mod server;
 pub mod services;
 pub mod teams;

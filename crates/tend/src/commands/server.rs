@@ -11,6 +11,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let config = ServerConfig {
         keep_releases: args.keep_releases,
         build_timeout: args.build_timeout,
+        scrape_interval: args.scrape_interval,
         ..ServerConfig::new(args.data_dir, args.listen, args.router_listen)
     };
     let server = Server::bind(&config)
