@@ -52,6 +52,9 @@ impl TestServer {
                 "127.0.0.1:0",
                 "--router-listen",
                 "127.0.0.1:0",
+                // Tests want metrics without waiting ten seconds.
+                "--scrape-interval",
+                "300ms",
             ])
             .arg("--data-dir")
             .arg(data_dir)
