@@ -117,6 +117,8 @@ pub struct AppState {
     pub logs: tend_logs::Logs,
     /// Metrics of every service and of the platform.
     pub tsdb: tend_metrics::Tsdb,
+    /// The router (its traffic metrics).
+    pub router: tend_router::Router,
 }
 
 /// A bound, not yet serving, server.
@@ -204,6 +206,7 @@ impl Server {
                 router_addr: router.local_addr(),
                 logs,
                 tsdb,
+                router: router.clone(),
             },
             body_limit: config.body_limit,
             bootstrap_token,

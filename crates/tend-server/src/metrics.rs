@@ -162,3 +162,77 @@ pub(crate) fn spawn_collector(
         }
     });
 }
+
+/// The platform's own metrics in the Prometheus text format, for
+/// `GET /metrics`: the router's traffic, the log store's and the TSDB's.
+pub(crate) fn render_platform(
+    router: &tend_router::Router,
+    logs: &tend_logs::Logs,
+    tsdb: &Tsdb,
+) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    router.render_prometheus(&mut out);
+    let l = logs.stats();
+    let t = tsdb.stats();
+    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    metric(
+        "tend_logs_lines_ingested_total",
+        "counter",
+        "Log lines stored.",
+        l.lines_ingested as f64,
+    );
+    metric(
+        "tend_logs_bytes_ingested_total",
+        "counter",
+        "Bytes of log lines stored.",
+        l.bytes_ingested as f64,
+    );
+    metric(
+        "tend_logs_lines_dropped_total",
+        "counter",
+        "Log lines dropped by rate limits.",
+        l.lines_dropped as f64,
+    );
+    metric(
+        "tend_logs_store_bytes",
+        "gauge",
+        "Bytes of the log store on disk.",
+        l.store_bytes as f64,
+    );
+    metric(
+        "tend_logs_watched_files",
+        "gauge",
+        "Capture files being ingested.",
+        l.watched_files as f64,
+    );
+    metric(
+        "tend_tsdb_head_series",
+        "gauge",
+        "Series in the TSDB head.",
+        t.head_series as f64,
+    );
+    metric(
+        "tend_tsdb_samples",
+        "gauge",
+        "Samples stored.",
+        t.samples as f64,
+    );
+    metric(
+        "tend_tsdb_disk_bytes",
+        "gauge",
+        "Bytes of TSDB blocks and WAL on disk.",
+        (t.disk_bytes + t.wal_bytes) as f64,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP tend_build_info The running tend.\n# TYPE tend_build_info gauge\ntend_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    out
+}

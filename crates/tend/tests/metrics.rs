@@ -104,6 +104,36 @@ fn instances_and_the_router_are_measured_and_queryable() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 401, "authenticated like every endpoint");
+    // The platform's own metrics, in the exposition format.
+    let r = http
+        .get(format!("{}/metrics", p.server.url))
+        .bearer_auth(&p.admin)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = r.text().unwrap();
+    for name in [
+        "tend_http_requests_total",
+        "tend_logs_lines_ingested_total",
+        "tend_tsdb_samples",
+        "tend_build_info",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "{name} in:\n{text}"
+        );
+    }
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let value = line.rsplit(' ').next().unwrap();
+        assert!(value.parse::<f64>().is_ok(), "a sample line: {line}");
+    }
     let o = p.tend(&["query", "rate("]);
     assert_eq!(o.status.code(), Some(1));
     assert!(!stderr(&o).is_empty());

@@ -27,6 +27,20 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/v1/label/{name}/values", get(label_values))
         .route("/api/v1/series", get(series))
         .route("/api/v1/status/buildinfo", get(buildinfo))
+        .route("/metrics", get(platform_metrics))
+}
+
+/// The platform's own metrics, Prometheus text format (scrape with a token).
+async fn platform_metrics(State(s): State<AppState>, _c: Caller) -> Response {
+    let text = crate::metrics::render_platform(&s.router, &s.logs, &s.tsdb);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// A Prometheus API error: `{"status":"error","errorType":...,"error":...}`.
