@@ -838,6 +838,9 @@ fn append_locked(
     hint: &mut Option<(u64, u32)>,
 ) {
     let seq = st.append(nl, hint);
+    if let Some(x) = &svc.export {
+        x.push(&svc.name, nl);
+    }
     let c = &svc.counters;
     c.lines.fetch_add(1, Ordering::Relaxed);
     c.bytes.fetch_add(nl.raw.len() as u64, Ordering::Relaxed);

@@ -16,9 +16,9 @@
 //! lengths, raw length, line count, min/max receive time, first seq, level and
 //! stream masks, and the label table: release, instance, stream and capture-file
 //! position of each source present, and a bloom filter of the text's trigrams)
-//! followed by one zstd frame (level 1) of the raw lines: a metadata column, the
-//! text column (`raw` + `\n` each) and the lifted messages. Segments roll at
-//! `segment_bytes`.
+//! followed by the zstd-compressed raw lines: a metadata column (one frame, level
+//! 6), then the text column (`raw` + `\n` each) and the lifted messages (one frame,
+//! level 1). Segments roll at `segment_bytes`.
 //!
 //! # Durability and fsync policy
 //! - A block is written (one `write`) when the active block reaches
@@ -66,6 +66,16 @@
 //! whole text column at once and decoding its metadata only when there is a hit.
 //! It stops as soon as no older block can enter the last `limit` lines.
 //!
+//! # Export
+//! With [`LogConfig::export`] set to an [`ExportConfig`] with a `loki_url`, every
+//! line appended to the store (instance output and platform lines) is also queued
+//! for a Loki push API, from the same place that feeds followers. The queue is
+//! bounded (`buffer_lines`, oldest dropped and counted, a platform line at most
+//! once a minute) and pushing into it never waits for the network; a
+//! `tend-logs-export` thread with its own current-thread tokio runtime batches
+//! (`batch_lines` or `batch_wait`), pushes, and retries 429/5xx/connection errors
+//! with backoff. Counters in [`LogStats`] (`export_*`). Details in `export.rs`.
+//!
 //! # Contract for callers
 //! `watch` every instance when it starts or is adopted (idempotent; the sources of
 //! the last checkpoint are resumed by `open` already, so lines written while the
@@ -77,6 +87,7 @@
 //! the async runtime (`spawn_blocking`): it reads files.
 
 mod checkpoint;
+mod export;
 mod filter;
 mod follow;
 mod ingest;
@@ -95,6 +106,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+pub use export::ExportConfig;
 pub use line::parse_time;
 
 /// Bytes read from one capture file per round-robin pass (fairness between sources).
@@ -125,11 +137,14 @@ pub struct LogConfig {
     pub max_line_bytes: usize,
     /// Per-service ingestion rate (raw bytes per second); the burst is 2 s worth.
     pub rate_limit_bytes_per_sec: u64,
+    /// Push every stored line to a Loki as well (None: keep them here only).
+    /// See [`ExportConfig`] for batching, retries and the bounded buffer.
+    pub export: Option<ExportConfig>,
 }
 
 impl LogConfig {
     /// The defaults (7 days, 1 GiB per service, 10 GiB total, 16 MiB segments,
-    /// 16 KiB lines, 10 MiB/s per service) with the store in `dir`.
+    /// 16 KiB lines, 10 MiB/s per service, no export) with the store in `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         LogConfig {
             dir: dir.into(),
@@ -139,6 +154,7 @@ impl LogConfig {
             segment_bytes: 16 << 20,
             max_line_bytes: 16 << 10,
             rate_limit_bytes_per_sec: 10 << 20,
+            export: None,
         }
     }
 }
@@ -428,6 +444,16 @@ pub struct LogStats {
     pub segments: u64,
     /// Capture files currently watched.
     pub watched_files: u64,
+    /// Lines the export delivered (accepted by the receiver).
+    #[serde(default)]
+    pub export_sent: u64,
+    /// Lines the export gave up on: buffer full (oldest dropped), or rejected
+    /// by the receiver (a 4xx other than 429), or still failing at shutdown.
+    #[serde(default)]
+    pub export_dropped: u64,
+    /// Delivery attempts repeated after a 429, a 5xx or a connection error.
+    #[serde(default)]
+    pub export_retries: u64,
     /// Per service.
     pub services: BTreeMap<String, ServiceLogStats>,
 }
@@ -565,6 +591,8 @@ pub(crate) struct Service {
     pub store: Mutex<store::ServiceStore>,
     pub subs: follow::Subscribers,
     pub counters: Counters,
+    /// Where stored lines are also queued for export, when it is enabled.
+    pub export: Option<Arc<export::Hook>>,
 }
 
 /// State shared by the handles, the ingest thread and queries.
@@ -574,6 +602,7 @@ pub(crate) struct Shared {
     pub cmds: Mutex<mpsc::Sender<Cmd>>,
     pub stop: AtomicU8,
     pub watched_files: AtomicU64,
+    pub export: Option<export::Exporter>,
     /// Held (flock) until shutdown so two daemons never ingest into one store.
     lock_file: Mutex<Option<std::fs::File>>,
 }
@@ -601,6 +630,7 @@ impl Shared {
                     store: Mutex::new(store::ServiceStore::new(self.config.dir.join(name))),
                     subs: follow::Subscribers::default(),
                     counters: Counters::default(),
+                    export: self.export.as_ref().map(|e| e.hook.clone()),
                 })
             })
             .clone();
@@ -643,6 +673,10 @@ impl Owner {
             if t.join().is_err() {
                 tracing::error!("tend-logs: the ingest thread panicked");
             }
+        }
+        // After the ingest thread: every line it stored is queued by now.
+        if let Some(e) = &self.shared.export {
+            e.stop(self.shared.stop.load(Ordering::SeqCst) == STOP_CRASH);
         }
         // Nothing writes the store any more: another `Logs` may open it.
         drop(lock(&self.shared.lock_file).take());
@@ -698,6 +732,12 @@ impl Logs {
             }
         }
         let ck = checkpoint::Checkpoint::load(&config.dir)?;
+        let exporter = config.export.as_ref().and_then(export::Exporter::new);
+        if let Some(e) = &exporter {
+            for s in &ck.sources {
+                e.hook.set_team(&s.service, &s.team);
+            }
+        }
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             config,
@@ -705,9 +745,29 @@ impl Logs {
             cmds: Mutex::new(tx),
             stop: AtomicU8::new(RUNNING),
             watched_files: AtomicU64::new(0),
+            export: exporter,
             lock_file: Mutex::new(Some(lock_file)),
         });
         store::open_all(&shared, &ck)?;
+        if let Some(e) = &shared.export {
+            let weak = Arc::downgrade(&shared);
+            e.start(Box::new(move |service, n| {
+                let Some(shared) = weak.upgrade() else { return };
+                if let Some(svc) = shared.existing_service(service) {
+                    let msg = format!("log export: {n} lines dropped (buffer full)");
+                    ingest::append_platform(
+                        &shared,
+                        &svc,
+                        None,
+                        None,
+                        Level::Warn,
+                        &msg,
+                        SystemTime::now(),
+                    );
+                }
+            }))
+            .map_err(io_err(&shared.config.dir))?;
+        }
         let mut ingest = ingest::Ingest::new(shared.clone(), ck, rx);
         let thread = std::thread::Builder::new()
             .name("tend-logs-ingest".into())
@@ -736,6 +796,9 @@ impl Logs {
         if !valid_service(&source.service) {
             tracing::warn!(service = %source.service, "tend-logs: watch of an invalid service name ignored");
             return;
+        }
+        if let Some(e) = &self.shared().export {
+            e.hook.set_team(&source.service, &source.team);
         }
         self.send(Cmd::Watch(source));
     }
@@ -806,6 +869,11 @@ impl Logs {
             watched_files: self.shared().watched_files.load(Ordering::Relaxed),
             ..LogStats::default()
         };
+        if let Some(e) = &self.shared().export {
+            st.export_sent = e.hook.sent.load(Ordering::Relaxed);
+            st.export_dropped = e.hook.dropped.load(Ordering::Relaxed);
+            st.export_retries = e.hook.retries.load(Ordering::Relaxed);
+        }
         for svc in self.shared().all_services() {
             let c = &svc.counters;
             let (store_bytes, segments) = {
