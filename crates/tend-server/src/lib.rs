@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub build_timeout: std::time::Duration,
     /// How often instances' metrics are collected.
     pub scrape_interval: std::time::Duration,
+    /// Where to push every log line as well (Loki's base URL), if anywhere.
+    pub logs_loki_url: Option<String>,
 }
 
 impl ServerConfig {
@@ -59,6 +61,7 @@ impl ServerConfig {
             keep_releases: 10,
             build_timeout: std::time::Duration::from_secs(15 * 60),
             scrape_interval: std::time::Duration::from_secs(10),
+            logs_loki_url: None,
         }
     }
 }

@@ -138,6 +138,9 @@ pub struct ServerArgs {
     /// How often every instance's /metrics and the router's traffic are collected
     #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub scrape_interval: std::time::Duration,
+    /// Also push every log line to this Loki (base URL; /loki/api/v1/push is appended)
+    #[arg(long, value_name = "URL")]
+    pub logs_loki_url: Option<String>,
 }
 
 #[derive(Debug, Args)]

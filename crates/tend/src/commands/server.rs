@@ -12,6 +12,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         keep_releases: args.keep_releases,
         build_timeout: args.build_timeout,
         scrape_interval: args.scrape_interval,
+        logs_loki_url: args.logs_loki_url,
         ..ServerConfig::new(args.data_dir, args.listen, args.router_listen)
     };
     let server = Server::bind(&config)
