@@ -66,7 +66,7 @@ mod tests {
     fn backends(n: usize) -> Vec<Backend> {
         (0..n)
             .map(|i| Backend {
-                authority: http::uri::Authority::from_static("127.0.0.1:1"),
+                addr: ([127, 0, 0, 1], 1).into(),
                 stats: Stats::new("s", &format!("i{i}")),
             })
             .collect()

@@ -11,23 +11,38 @@
 //!   extractors; axum's router, tower layers and boxed bodies would add
 //!   allocations and indirection to every request for nothing. The server is
 //!   `hyper_util::server::conn::auto`, so one port speaks HTTP/1.1 and
-//!   HTTP/2 with prior knowledge (h2c). Upstream, a single
-//!   `hyper_util::client::legacy::Client` pools HTTP/1.1 keep-alive
-//!   connections per instance, so steady traffic pays no connect.
+//!   HTTP/2 with prior knowledge (h2c).
+//! - **Threads of its own, nothing shared on the request path.** The router
+//!   runs its connections on threads of its own (one per two cores by
+//!   default: its instances run on the same machine), each a single-threaded
+//!   runtime with its own pool of instance connections, like nginx's worker
+//!   processes, rather than on the process's runtime. A client connection
+//!   and the instance connection serving it live on the same thread, in the
+//!   same task: no cross-thread wake-up, no lock. A single thread accepts
+//!   its connections itself; with several, new connections go to the one
+//!   with the fewest.
+//! - **Our own HTTP/1.1 client** ([`client`]): a request head is written in
+//!   one call, the response head is parsed in place (header values share the
+//!   read buffer), and the response body is read from the instance's socket
+//!   by the body hyper sends to the client. hyper's client would add a
+//!   connection task, channels and a oneshot per request; the legacy pool a
+//!   lock and a task per checkout. Keep-alive connections are pooled per
+//!   instance and thread ([`pool`]), so steady traffic pays no connect.
 //! - **Lock-free table.** A task watching the channel builds a [`Lookup`]
-//!   (host → path prefixes → service → instances, with pre-parsed
-//!   authorities and pre-allocated counters) and publishes it through an
+//!   (host → path prefixes → service → instances, with instance
+//!   addresses and pre-allocated counters) and publishes it through an
 //!   `ArcSwap`. A request does one wait-free load and a hash lookup on its
 //!   host, lower-cased in a stack buffer; nothing is rebuilt per request.
 //! - **Power of two choices** on per-instance in-flight counters
 //!   ([`balance`]): near-optimal spreading with no coordination.
-//! - **Streaming, no buffering.** Bodies are hyper's `Incoming` passed
-//!   through both ways; uploads are capped by `Content-Length` (413 up
-//!   front) and by `http_body_util::Limited` for chunked ones.
-//! - **Retry only what provably was not sent.** A connect error
-//!   (`Error::is_connect`) means the instance never saw the request, so it is
-//!   retried once on another instance; the body is not buffered for that, it
-//!   is handed back untouched by the failed attempt. Anything else is
+//! - **Streaming, no buffering.** Bodies stream through both ways as they
+//!   come; uploads are capped by `Content-Length` (413 up front) and by
+//!   `http_body_util::Limited` for chunked ones.
+//! - **Retry only what provably was not sent.** A connect error means the
+//!   instance never saw the request, so it is retried once on another
+//!   instance; nothing of the request is consumed before the connection
+//!   stands, so nothing needs buffering for that. A pooled connection the
+//!   instance closed is noticed before use, not after. Anything else is
 //!   answered 502 (or 504 on timeout): retrying a request the instance may
 //!   have acted on could run it twice.
 //! - **Zero-downtime draining.** Counters count a request from the choice of
@@ -38,11 +53,16 @@
 //!   when the table changes; a request only does relaxed atomic adds.
 //!
 //! [`Lookup`]: table::Lookup
+//! [`client`]: crate::client
+//! [`pool`]: crate::pool
 
 #![warn(missing_docs)]
 
 mod balance;
+mod client;
+mod fxhash;
 mod metrics;
+mod pool;
 mod proxy;
 mod server;
 mod table;
@@ -53,7 +73,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tend_core::routing::RoutingTable;
@@ -65,11 +84,6 @@ pub use metrics::{InstanceMetrics, LatencyHistogram, MetricsSnapshot, RequestCou
 
 /// How often [`Router::drained`] looks at an instance's counter.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
-
-/// How long idle upstream connections stay pooled. Shorter than most
-/// servers' keep-alive timeouts, so we rarely reuse a connection the
-/// instance is closing.
-const UPSTREAM_IDLE: Duration = Duration::from_secs(20);
 
 /// Settings of the router.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +101,10 @@ pub struct RouterConfig {
     pub max_body: u64,
     /// Log every request at info level on target `tend_router::access`.
     pub access_log: bool,
+    /// Router threads, each with a runtime of its own; 0 (the default)
+    /// means one per two cores, at least one: the instances the router
+    /// serves run on the same machine and need cores too.
+    pub workers: usize,
 }
 
 impl Default for RouterConfig {
@@ -97,6 +115,7 @@ impl Default for RouterConfig {
             idle_timeout: Duration::from_secs(90),
             max_body: 100 * 1024 * 1024,
             access_log: false,
+            workers: 0,
         }
     }
 }
@@ -125,7 +144,6 @@ pub(crate) struct Shared {
     /// Taken by `serve`, so a router is served once.
     listener: Mutex<Option<TcpListener>>,
     pub(crate) tables: table::Tables,
-    pub(crate) client: Client<HttpConnector, proxy::UpstreamBody>,
     pub(crate) http: auto::Builder<TokioExecutor>,
     /// The table-watching task; stopped when the last `Router` goes away.
     watcher: OnceLock<AbortHandle>,
@@ -160,24 +178,14 @@ impl Router {
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
 
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        // Instances are local: a connect that takes long is a dead instance,
-        // better retried elsewhere than waited for until the request timeout.
-        connector.set_connect_timeout(Some(config.request_timeout.min(Duration::from_secs(5))));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(UPSTREAM_IDLE)
-            .build(connector);
-
         let mut http = auto::Builder::new(TokioExecutor::new());
         http.http1()
             .timer(TokioTimer::new())
             .keep_alive(true)
-            // hyper's header timer also runs while a keep-alive connection
-            // waits for its next request; align it with the idle timeout so
-            // it doesn't cut idle connections earlier (its default is 30 s).
-            .header_read_timeout(config.idle_timeout);
+            // No header timer: it would cost a timer per request. The idle
+            // timer of each connection (see `server`) closes connections
+            // that sit without a complete request, half-sent heads included.
+            .header_read_timeout(None);
         http.http2().timer(TokioTimer::new());
 
         let initial = table.borrow_and_update().clone();
@@ -186,7 +194,6 @@ impl Router {
             config,
             local_addr,
             listener: Mutex::new(Some(listener)),
-            client,
             http,
             watcher: OnceLock::new(),
         });
@@ -204,8 +211,13 @@ impl Router {
     /// accepting, lets every connection finish the requests it has in flight
     /// (HTTP/2 clients get a GOAWAY) and returns once they are closed.
     ///
-    /// Established WebSocket tunnels are not waited for. A router is served
-    /// once; a second call fails.
+    /// Connections are served on the router's own threads
+    /// ([`RouterConfig::workers`]); the caller's runtime only accepts. Log
+    /// events of those threads go to the `tracing` dispatcher that is current
+    /// when this is called.
+    ///
+    /// Established WebSocket tunnels are not waited for (they run on until
+    /// they close). A router is served once; a second call fails.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,

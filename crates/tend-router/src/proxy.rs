@@ -3,9 +3,9 @@
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::io::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use http::header::{
     CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
     RETRY_AFTER, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, X_CONTENT_TYPE_OPTIONS,
 };
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
 };
@@ -22,8 +22,9 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{LengthLimitError, Limited};
 use hyper::body::Incoming;
 
+use crate::client::{self, Answer, InstanceBody};
 use crate::metrics::{self, Stats};
-use crate::server::ConnCtx;
+use crate::server::{ConnCtx, Worker};
 use crate::table::{normalize_host, Miss, MAX_HOST};
 use crate::{balance, upgrade, Shared};
 
@@ -34,7 +35,8 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus
 /// the old `Proxy-*` and `Keep-Alive` ones. The next hop gets its own.
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// `Connection` must stay first (see [`strip_hop_by_hop`]).
+static HOP_BY_HOP: [HeaderName; 9] = [
     CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -82,7 +84,7 @@ pub(crate) async fn handle(
             Ok(service) => match balance::pick(&service.backends, None) {
                 Some(i) => {
                     let backend = &service.backends[i];
-                    Routed::To(backend.stats.clone(), backend.authority.clone())
+                    Routed::To(backend.stats.clone(), backend.addr)
                 }
                 None => Routed::NoInstance(service.local.clone()),
             },
@@ -108,7 +110,7 @@ pub(crate) async fn handle(
         }));
     }
 
-    let authority = match routed {
+    let addr = match routed {
         Routed::Miss(miss) => {
             let shown = host.map_or_else(|| lossy_host(&req), Box::from);
             let text = match miss {
@@ -135,7 +137,7 @@ pub(crate) async fn handle(
         Routed::TooLarge(_) => {
             return Ok(too_large(shared, &request_id, exchange));
         }
-        Routed::To(_, authority) => authority,
+        Routed::To(_, addr) => addr,
     };
 
     let upgrading = req.version() == Version::HTTP_11 && upgrade::is_upgrade_request(req.headers());
@@ -145,42 +147,29 @@ pub(crate) async fn handle(
     prepare_request_headers(
         &mut headers,
         parts.uri.authority(),
-        ctx.peer.ip(),
+        &ctx.forwarded_ip,
         &request_id,
         upgrading,
     );
-    let (body, slot) = UpstreamBody::first(body, shared.config.max_body);
-    // Kept for a retry: the failed attempt consumes its request. Values are
-    // reference-counted, so this copies the map's index, not the headers.
-    let retry = Retry {
-        method: parts.method.clone(),
-        headers: headers.clone(),
-        slot,
-    };
-    let first = match upstream_request(parts.method, authority, pq.clone(), headers, body) {
-        Ok(r) => r,
-        Err(err) => {
-            let text = format!("cannot forward this request: {err}\n");
-            return Ok(plain(StatusCode::BAD_REQUEST, text, &request_id, exchange));
-        }
-    };
+    let body = UpstreamBody::new(body, shared.config.max_body);
+    let upstream_req = upstream_request(parts.method, pq.clone(), headers, body);
 
     let timeout = shared.config.request_timeout;
-    let outcome = tokio::time::timeout(
-        timeout,
-        send(shared, &mut exchange, host, &pq, first, retry),
+    // Counted from the request's start, which saves reading the clock again.
+    let deadline = tokio::time::Instant::from_std(start) + timeout;
+    let outcome = tokio::time::timeout_at(
+        deadline,
+        send(&ctx, &mut exchange, host, &pq, addr, upstream_req),
     )
     .await;
 
-    let mut resp = match outcome {
-        Ok(Ok(resp)) => resp,
+    let answer = match outcome {
+        Ok(Ok(answer)) => answer,
         Ok(Err(Failure::TooLarge)) => return Ok(too_large(shared, &request_id, exchange)),
-        Ok(Err(Failure::Connect(err))) => {
+        Ok(Err(Failure::Connect(addr, err))) => {
             let text = format!(
-                "could not connect to any instance of service `{}` (last tried `{}`): {}\n",
-                exchange.stats.service,
-                exchange.stats.instance,
-                chain(&err)
+                "could not connect to any instance of service `{}` (last tried `{}`): connecting to {addr} failed: {err}\n",
+                exchange.stats.service, exchange.stats.instance,
             );
             return Ok(plain(StatusCode::BAD_GATEWAY, text, &request_id, exchange));
         }
@@ -207,102 +196,117 @@ pub(crate) async fn handle(
         }
     };
 
-    exchange.status = resp.status().as_u16();
-    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    strip_hop_by_hop(resp.headers_mut(), switching);
-    resp.headers_mut().insert(X_REQUEST_ID, request_id);
-
-    if switching {
-        if let Some(client_upgrade) = client_upgrade {
-            let instance_upgrade = hyper::upgrade::on(&mut resp);
-            let (parts, _empty) = resp.into_parts();
-            // Count the exchange now; the tunnel keeps it "in flight".
-            exchange.finish();
-            upgrade::tunnel(client_upgrade, instance_upgrade, exchange);
-            return Ok(Response::from_parts(parts, ResponseBody::empty()));
+    let (mut parts, kind) = match answer {
+        Answer::Response(parts, body) => (parts, Kind::Upstream(body)),
+        Answer::Upgraded(parts, io, leftover) => {
+            if let Some(client_upgrade) = client_upgrade {
+                let mut parts = parts;
+                exchange.status = parts.status.as_u16();
+                strip_hop_by_hop(&mut parts.headers, true);
+                parts.headers.insert(X_REQUEST_ID, request_id);
+                // Count the exchange now; the tunnel keeps it "in flight".
+                exchange.finish();
+                let open = ctx.worker.tunnels.subscribe();
+                upgrade::tunnel(client_upgrade, io, leftover, exchange, open);
+                return Ok(Response::from_parts(parts, ResponseBody::empty()));
+            }
+            // The client asked for no upgrade: it gets the answer, and the
+            // connection is closed.
+            (parts, Kind::Static(None))
         }
-    }
-    Ok(resp.map(|body| ResponseBody {
-        kind: Kind::Upstream(body),
-        exchange: Some(exchange),
-    }))
+    };
+    exchange.status = parts.status.as_u16();
+    let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+    strip_hop_by_hop(&mut parts.headers, switching);
+    parts.headers.insert(X_REQUEST_ID, request_id);
+    Ok(Response::from_parts(
+        parts,
+        ResponseBody {
+            kind,
+            exchange: Some(exchange),
+            worker: Some(ctx.worker.clone()),
+        },
+    ))
 }
 
 enum Routed {
     Miss(Miss),
     NoInstance(Arc<Stats>),
     TooLarge(Arc<Stats>),
-    To(Arc<Stats>, Authority),
-}
-
-/// What a second attempt needs: the first consumed its request.
-struct Retry {
-    method: Method,
-    headers: HeaderMap,
-    slot: Option<Slot>,
+    To(Arc<Stats>, SocketAddr),
 }
 
 enum Failure {
-    /// No instance accepted the connection (after the retry).
-    Connect(hyper_util::client::legacy::Error),
+    /// No instance accepted the connection (after the retry); the address
+    /// tried last and why.
+    Connect(SocketAddr, std::io::Error),
     /// The body went over `max_body` while streaming.
     TooLarge,
     /// Anything else: the instance may have seen the request, so no retry.
-    Upstream(hyper_util::client::legacy::Error),
+    Upstream(client::Error),
 }
 
-/// Sends `first`; on a connect error (nothing was sent), once more to
-/// another instance of the same service, chosen from the current table.
+/// Sends `req` to the instance at `addr`, on a pooled connection or a new
+/// one. When connecting fails (nothing was sent), once more to another
+/// instance of the same service, chosen from the current table.
 async fn send(
-    shared: &Shared,
+    ctx: &ConnCtx,
     exchange: &mut Exchange,
     host: Option<&str>,
     pq: &PathAndQuery,
-    first: Request<UpstreamBody>,
-    retry: Retry,
-) -> Result<Response<Incoming>, Failure> {
-    let err = match shared.client.request(first).await {
-        Ok(resp) => return Ok(resp),
-        Err(err) if err.is_connect() => err,
-        Err(err) => return Err(classify(err)),
-    };
-    tracing::debug!(
-        service = %exchange.stats.service,
-        instance = %exchange.stats.instance,
-        err = %chain(&err),
-        "connect to instance failed; retrying once"
-    );
-    let body = match retry.slot {
-        None => UpstreamBody::empty(),
-        Some(slot) => match slot.lock().unwrap_or_else(PoisonError::into_inner).take() {
-            Some(body) => UpstreamBody::retry(body),
-            // The body left with the failed attempt: cannot happen for a
-            // connect error, but never send a request without its body.
-            None => return Err(Failure::Connect(err)),
+    mut addr: SocketAddr,
+    mut req: Request<UpstreamBody>,
+) -> Result<Answer, Failure> {
+    let pool = &ctx.worker.pool;
+    let conn = match pool.checkout(addr, exchange.start) {
+        Some(conn) => conn,
+        // Boxed: connecting is the rare path, and its future is large.
+        None => match Box::pin(pool.connect(addr)).await {
+            Ok(conn) => conn,
+            Err(err) => {
+                tracing::debug!(
+                    service = %exchange.stats.service,
+                    instance = %exchange.stats.instance,
+                    %addr,
+                    %err,
+                    "connect to instance failed; retrying once"
+                );
+                let (next, stats) = {
+                    let lookup = ctx.shared.tables.load();
+                    let Some(service) = host.and_then(|h| lookup.find(h, pq.path()).ok()) else {
+                        return Err(Failure::Connect(addr, err));
+                    };
+                    let failed = service
+                        .backends
+                        .iter()
+                        .position(|b| Arc::ptr_eq(&b.stats, &exchange.stats));
+                    let Some(i) = balance::pick(&service.backends, failed) else {
+                        return Err(Failure::Connect(addr, err));
+                    };
+                    let b = &service.backends[i];
+                    (b.addr, b.stats.clone())
+                };
+                exchange.switch(stats);
+                addr = next;
+                match pool.checkout(addr, exchange.start) {
+                    Some(conn) => conn,
+                    None => Box::pin(pool.connect(addr))
+                        .await
+                        .map_err(|err| Failure::Connect(addr, err))?,
+                }
+            }
         },
     };
-    let (authority, stats) = {
-        let lookup = shared.tables.load();
-        let Some(service) = host.and_then(|h| lookup.find(h, pq.path()).ok()) else {
-            return Err(Failure::Connect(err));
-        };
-        let failed = service
-            .backends
-            .iter()
-            .position(|b| Arc::ptr_eq(&b.stats, &exchange.stats));
-        let Some(i) = balance::pick(&service.backends, failed) else {
-            return Err(Failure::Connect(err));
-        };
-        let b = &service.backends[i];
-        (b.authority.clone(), b.stats.clone())
-    };
-    exchange.switch(stats);
-    let req = upstream_request(retry.method, authority, pq.clone(), retry.headers, body)
-        .map_err(|_| Failure::Connect(err))?;
-    shared.client.request(req).await.map_err(classify)
+    if req.method() == Method::CONNECT {
+        // CONNECT names its target in authority form.
+        if let Ok(uri) = Uri::try_from(addr.to_string()) {
+            *req.uri_mut() = uri;
+        }
+    }
+    client::send(conn, req).await.map_err(classify)
 }
 
-fn classify(err: hyper_util::client::legacy::Error) -> Failure {
+fn classify(err: client::Error) -> Failure {
     let mut source: Option<&(dyn StdError + 'static)> = err.source();
     while let Some(e) = source {
         if e.is::<LengthLimitError>() {
@@ -310,11 +314,7 @@ fn classify(err: hyper_util::client::legacy::Error) -> Failure {
         }
         source = e.source();
     }
-    if err.is_connect() {
-        Failure::Connect(err)
-    } else {
-        Failure::Upstream(err)
-    }
+    Failure::Upstream(err)
 }
 
 /// An error and its causes on one line, for a 502 body a developer can act on.
@@ -331,25 +331,20 @@ fn chain(err: &dyn StdError) -> String {
 
 fn upstream_request(
     method: Method,
-    authority: Authority,
     pq: PathAndQuery,
     headers: HeaderMap,
     body: UpstreamBody,
-) -> Result<Request<UpstreamBody>, http::Error> {
-    let uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(authority)
-        .path_and_query(pq)
-        .build()?;
+) -> Request<UpstreamBody> {
     // A fresh request rather than the client's parts: the server side's
-    // extensions mean nothing to the client side.
+    // extensions mean nothing to the client side. Origin form: the
+    // instance is no proxy.
     let mut req = Request::new(body);
     *req.method_mut() = method;
-    *req.uri_mut() = uri;
+    *req.uri_mut() = Uri::from(pq);
     // Instances speak HTTP/1.1, whatever the client spoke to us.
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
-    Ok(req)
+    req
 }
 
 /// The host the client asked for: the URI authority (HTTP/2 `:authority`,
@@ -386,12 +381,30 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("-"))
 }
 
+/// Whether a name this long may be in [`HOP_BY_HOP`]: rules out most
+/// headers without a comparison.
+fn hop_by_hop_length(len: usize) -> bool {
+    matches!(len, 2 | 7 | 10 | 16 | 17 | 18 | 19)
+}
+
 /// Removes hop-by-hop headers, and those the `Connection` header names. For
 /// an upgrade the `Upgrade` header and `Connection: upgrade` are kept, as the
 /// next hop must see them to switch protocols.
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    if headers.contains_key(CONNECTION) {
-        // Rare path (custom tokens); the Vec allocates only if one is found.
+    // One pass over the names finds which kinds are there (usually none,
+    // or `Connection` alone): cheaper than removing every kind by hash.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if !hop_by_hop_length(name.as_str().len()) {
+            continue;
+        }
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present & 1 != 0 {
+        // `Connection` (index 0) may name more headers to drop. Rare path
+        // (custom tokens); the Vec allocates only if one is found.
         let mut named = Vec::new();
         for value in headers.get_all(CONNECTION) {
             for token in value.as_bytes().split(|&b| b == b',') {
@@ -414,8 +427,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             headers.remove(name);
         }
     }
-    for name in HOP_BY_HOP.iter() {
-        if upgrade && (name == CONNECTION || name == UPGRADE) {
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) == 0 || (upgrade && (name == CONNECTION || name == UPGRADE)) {
             continue;
         }
         headers.remove(name);
@@ -428,11 +441,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 fn prepare_request_headers(
     headers: &mut HeaderMap,
     authority: Option<&Authority>,
-    client: IpAddr,
+    client: &HeaderValue,
     request_id: &HeaderValue,
     upgrade: bool,
 ) {
     strip_hop_by_hop(headers, upgrade);
+    // Room for what follows at once, rather than growing step by step.
+    headers.reserve(5);
     // HTTP/2 has no Host header and an absolute-form URI overrides it: the
     // instance gets the host we routed on.
     if let Some(authority) = authority {
@@ -448,8 +463,9 @@ fn prepare_request_headers(
     headers.insert(X_REQUEST_ID, request_id.clone());
 }
 
-/// `X-Forwarded-For: <what the client sent>, <client ip>`.
-fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
+/// The client's address as `X-Forwarded-For` writes it (IPv4-mapped IPv6
+/// addresses as IPv4); made once per connection.
+pub(crate) fn forwarded_ip(client: IpAddr) -> HeaderValue {
     let mut buf = [0u8; 64];
     let len = {
         let mut w = &mut buf[..];
@@ -457,19 +473,22 @@ fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
         let _ = write!(w, "{}", client.to_canonical());
         64 - w.len()
     };
-    let ip = &buf[..len];
-    let value = if headers.contains_key(X_FORWARDED_FOR) {
-        let mut joined = Vec::with_capacity(64);
-        for v in headers.get_all(X_FORWARDED_FOR) {
-            joined.extend_from_slice(v.as_bytes());
-            joined.extend_from_slice(b", ");
-        }
-        joined.extend_from_slice(ip);
-        HeaderValue::from_bytes(&joined)
-    } else {
-        HeaderValue::from_bytes(ip)
-    };
-    if let Ok(value) = value {
+    HeaderValue::from_bytes(&buf[..len]).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// `X-Forwarded-For: <what the client sent>, <client ip>`.
+fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
+    if !headers.contains_key(X_FORWARDED_FOR) {
+        headers.insert(X_FORWARDED_FOR, client.clone());
+        return;
+    }
+    let mut joined = Vec::with_capacity(64);
+    for v in headers.get_all(X_FORWARDED_FOR) {
+        joined.extend_from_slice(v.as_bytes());
+        joined.extend_from_slice(b", ");
+    }
+    joined.extend_from_slice(client.as_bytes());
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
         headers.insert(X_FORWARDED_FOR, value);
     }
 }
@@ -497,6 +516,7 @@ fn plain(
     let mut resp = Response::new(ResponseBody {
         kind: Kind::Static(Some(Bytes::from(text))),
         exchange: Some(exchange),
+        worker: None,
     });
     *resp.status_mut() = status;
     let h = resp.headers_mut();
@@ -529,7 +549,8 @@ pub(crate) struct Exchange {
     start: Instant,
     method: u8,
     status: u16,
-    finished: bool,
+    /// When it was counted, once it was.
+    ended: Option<Instant>,
     log: Option<Box<AccessInfo>>,
 }
 
@@ -543,7 +564,7 @@ impl Exchange {
             start,
             method,
             status: CLIENT_CLOSED,
-            finished: false,
+            ended: None,
             log: None,
         }
     }
@@ -557,14 +578,15 @@ impl Exchange {
 
     /// Records status and duration now (once).
     fn finish(&mut self) -> Instant {
+        if let Some(at) = self.ended {
+            return at;
+        }
         let now = Instant::now();
-        if !self.finished {
-            self.finished = true;
-            let elapsed = now.saturating_duration_since(self.start);
-            self.stats.record(self.method, self.status, elapsed);
-            if let Some(log) = &self.log {
-                access_log(log, &self.stats, self.status, elapsed);
-            }
+        self.ended = Some(now);
+        let elapsed = now.saturating_duration_since(self.start);
+        self.stats.record(self.method, self.status, elapsed);
+        if let Some(log) = &self.log {
+            access_log(log, &self.stats, self.status, elapsed);
         }
         now
     }
@@ -597,13 +619,17 @@ fn access_log(log: &AccessInfo, stats: &Stats, status: u16, elapsed: Duration) {
 /// The body sent to the client: the instance's, streamed as it comes, or
 /// the router's own text. It carries the [`Exchange`], which ends when the
 /// last frame is out (or the client goes away and hyper drops the body).
+/// The instance's body reads from the instance's connection, which goes
+/// back to the pool once the body is complete.
 pub(crate) struct ResponseBody {
     kind: Kind,
     exchange: Option<Exchange>,
+    /// Whose pool a reusable connection goes back to.
+    worker: Option<Arc<Worker>>,
 }
 
 enum Kind {
-    Upstream(Incoming),
+    Upstream(InstanceBody),
     Static(Option<Bytes>),
 }
 
@@ -612,18 +638,38 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Static(None),
             exchange: None,
+            worker: None,
         }
+    }
+
+    /// Gives the connection back once the instance's body is complete.
+    fn release(&mut self, now: Option<Instant>) {
+        if let (Kind::Upstream(body), Some(worker)) = (&mut self.kind, &self.worker) {
+            body.complete_if_empty();
+            if let Some(conn) = body.take_reusable() {
+                worker.pool.checkin(conn, now.unwrap_or_else(Instant::now));
+            }
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // Bodies hyper never polls (HEAD, 204, 304, `Content-Length: 0`)
+        // end here; a body dropped half read closes its connection.
+        let now = self.exchange.take().map(|mut e| e.finish());
+        self.release(now);
     }
 }
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = client::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, client::Error>>> {
         let this = &mut *self;
         let frame = match &mut this.kind {
             Kind::Upstream(body) => ready!(Pin::new(body).poll_frame(cx)),
@@ -632,7 +678,8 @@ impl Body for ResponseBody {
         // The instance is done with this request once its last frame is
         // handed over: count it now rather than whenever hyper drops us.
         if !matches!(frame, Some(Ok(_))) || this.is_end_stream() {
-            this.exchange = None;
+            let now = this.exchange.take().map(|mut e| e.finish());
+            this.release(now);
         }
         Poll::Ready(frame)
     }
@@ -652,56 +699,21 @@ impl Body for ResponseBody {
     }
 }
 
-/// Where an unsent request body waits for a retry.
-type Slot = Arc<Mutex<Option<Limited<Incoming>>>>;
-
 /// The body sent to an instance: the client's, streamed and size-limited.
-///
-/// For a retry without buffering, the first attempt's body puts the
-/// client's stream back into a shared slot if it is dropped before anyone
-/// read from it, which is exactly what happens on a connect error.
 pub(crate) struct UpstreamBody {
     body: Option<Limited<Incoming>>,
-    give_back: Option<Slot>,
 }
 
 impl UpstreamBody {
-    fn empty() -> UpstreamBody {
-        UpstreamBody {
-            body: None,
-            give_back: None,
-        }
-    }
-
-    /// The first attempt's body, and the slot a retry takes it from. A
-    /// request without a body needs no slot (and no allocation).
-    fn first(body: Incoming, max: u64) -> (UpstreamBody, Option<Slot>) {
+    fn new(body: Incoming, max: u64) -> UpstreamBody {
         if body.is_end_stream() {
-            return (UpstreamBody::empty(), None);
+            return UpstreamBody { body: None };
         }
-        let slot: Slot = Arc::new(Mutex::new(None));
-        let up = UpstreamBody {
+        UpstreamBody {
             body: Some(Limited::new(
                 body,
                 usize::try_from(max).unwrap_or(usize::MAX),
             )),
-            give_back: Some(slot.clone()),
-        };
-        (up, Some(slot))
-    }
-
-    fn retry(body: Limited<Incoming>) -> UpstreamBody {
-        UpstreamBody {
-            body: Some(body),
-            give_back: None,
-        }
-    }
-}
-
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        if let (Some(slot), Some(body)) = (self.give_back.take(), self.body.take()) {
-            *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(body);
         }
     }
 }
@@ -714,10 +726,7 @@ impl Body for UpstreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
-        // Read from: no longer replayable.
-        this.give_back = None;
-        match &mut this.body {
+        match &mut self.body {
             None => Poll::Ready(None),
             Some(body) => Pin::new(body).poll_frame(cx),
         }
@@ -737,6 +746,13 @@ impl Body for UpstreamBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_by_hop_lengths_cover_every_name() {
+        for name in HOP_BY_HOP.iter() {
+            assert!(hop_by_hop_length(name.as_str().len()), "{name}");
+        }
+    }
 
     #[test]
     fn hop_by_hop_headers_go() {
@@ -770,10 +786,13 @@ mod tests {
     #[test]
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
-        append_forwarded_for(&mut h, "::ffff:10.0.0.1".parse().expect("ip"));
+        append_forwarded_for(
+            &mut h,
+            &forwarded_ip("::ffff:10.0.0.1".parse().expect("ip")),
+        );
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1");
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.2"));
-        append_forwarded_for(&mut h, "::1".parse().expect("ip"));
+        append_forwarded_for(&mut h, &forwarded_ip("::1".parse().expect("ip")));
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2, ::1");
     }
 

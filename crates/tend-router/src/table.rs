@@ -9,13 +9,14 @@
 //! instance stays visible until its last request is done.
 
 use std::collections::{hash_map::Entry, HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use http::uri::Authority;
 use tend_core::routing::RoutingTable;
 
+use crate::fxhash::FxBuildHasher;
 use crate::metrics::Stats;
 
 /// Longest host we look up: a DNS name is at most 253 bytes. Longer Host
@@ -30,7 +31,7 @@ const RETIRED_TTL: Duration = Duration::from_secs(300);
 /// the routing table.
 pub(crate) struct Lookup {
     /// Lower-case host without port → routes on that host.
-    hosts: HashMap<Box<str>, Box<[PathRoute]>>,
+    hosts: HashMap<Box<str>, Box<[PathRoute]>, FxBuildHasher>,
 }
 
 /// One path prefix on a host.
@@ -51,8 +52,8 @@ pub(crate) struct Service {
 
 /// One ready instance.
 pub(crate) struct Backend {
-    /// `ip:port`, pre-parsed so building the upstream URI copies nothing.
-    pub(crate) authority: Authority,
+    /// Where the instance listens.
+    pub(crate) addr: SocketAddr,
     pub(crate) stats: Arc<Stats>,
 }
 
@@ -109,9 +110,8 @@ pub(crate) fn normalize_host<'b>(raw: &[u8], buf: &'b mut [u8; MAX_HOST]) -> Opt
         return None;
     }
     let out = &mut buf[..host.len()];
-    for (o, b) in out.iter_mut().zip(host) {
-        *o = b.to_ascii_lowercase();
-    }
+    out.copy_from_slice(host);
+    out.make_ascii_lowercase();
     std::str::from_utf8(out).ok()
 }
 
@@ -162,7 +162,7 @@ impl Tables {
     pub(crate) fn new(table: &RoutingTable) -> Tables {
         let tables = Tables {
             current: ArcSwap::from_pointee(Lookup {
-                hosts: HashMap::new(),
+                hosts: HashMap::default(),
             }),
             registry: Mutex::new(Registry {
                 instances: HashMap::new(),
@@ -206,13 +206,6 @@ impl Tables {
                     tracing::warn!(instance = %ep.instance, "instance listed twice in the routing table; using its first entry");
                     continue;
                 }
-                let authority = match Authority::try_from(ep.addr.to_string()) {
-                    Ok(a) => a,
-                    Err(err) => {
-                        tracing::warn!(instance = %ep.instance, addr = %ep.addr, %err, "unusable endpoint address");
-                        continue;
-                    }
-                };
                 let tracked = match reg.instances.entry(ep.instance.clone()) {
                     Entry::Occupied(mut e) => {
                         if *e.get().stats.service != **name {
@@ -230,7 +223,7 @@ impl Tables {
                 // routed instance as gone.
                 tracked.stats.set_routable(true);
                 backends.push(Backend {
-                    authority,
+                    addr: ep.addr,
                     stats: tracked.stats.clone(),
                 });
             }

@@ -1,12 +1,16 @@
 //! HTTP/1.1 upgrades (WebSocket and the like): once the instance answers
-//! `101 Switching Protocols`, both connections are taken over from hyper and
-//! bytes are copied both ways until either side closes.
+//! `101 Switching Protocols`, the client's connection is taken over from
+//! hyper, the instance's leaves the router's client, and bytes are copied
+//! both ways until either side closes.
 
+use bytes::Bytes;
 use http::header::{CONNECTION, UPGRADE};
 use http::HeaderMap;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
+use crate::client;
 use crate::proxy::Exchange;
 
 /// Whether the request asks for a protocol upgrade: `Connection: upgrade`
@@ -24,22 +28,30 @@ pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     })
 }
 
-/// Joins the client's and the instance's upgraded connections in a task of
-/// its own. `exchange` lives as long as the tunnel, so the instance counts as
-/// busy (and is not reported drained) while a WebSocket is open.
-pub(crate) fn tunnel(client: OnUpgrade, instance: OnUpgrade, exchange: Exchange) {
+/// Joins the client's upgraded connection and the instance's in a task of
+/// its own (the instance's first `leftover` bytes, sent right after its
+/// `101`, go first). `exchange` lives as long as the tunnel, so the
+/// instance counts as busy (and is not reported drained) while a WebSocket
+/// is open.
+pub(crate) fn tunnel(
+    client: OnUpgrade,
+    instance: TcpStream,
+    leftover: Bytes,
+    exchange: Exchange,
+    open: tokio::sync::watch::Receiver<()>,
+) {
     tokio::spawn(async move {
         let _exchange = exchange;
-        let (client, instance) = match tokio::try_join!(client, instance) {
-            Ok(both) => both,
+        let _open = open;
+        let client = match client.await {
+            Ok(client) => client,
             Err(err) => {
                 tracing::debug!(%err, "upgrade failed");
                 return;
             }
         };
         let mut client = TokioIo::new(client);
-        let mut instance = TokioIo::new(instance);
-        if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut instance).await {
+        if let Err(err) = client::tunnel(&mut client, instance, leftover).await {
             tracing::debug!(%err, "upgraded connection ended with an error");
         }
     });

@@ -1206,3 +1206,366 @@ async fn access_log_is_opt_in() {
         "{text}"
     );
 }
+
+// ------------------------------------------- instances speaking raw HTTP/1.1
+
+/// An instance that runs `serve` on every connection it accepts, counting
+/// them.
+async fn raw_backend<F, Fut>(serve: F) -> Backend
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
+    let addr = listener.local_addr().expect("backend addr");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, SeqCst);
+            tokio::spawn(serve(stream));
+        }
+    });
+    Backend { addr, connections }
+}
+
+/// Reads one request head (requests here have no body); `None` at EOF.
+async fn read_head(stream: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+async fn write(stream: &mut TcpStream, bytes: &[u8]) {
+    tokio::io::AsyncWriteExt::write_all(stream, bytes)
+        .await
+        .expect("write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_the_instance_closed_is_not_used() {
+    // One request per connection, then the instance closes it (without
+    // saying so): the router must not send the next request into it.
+    let (closed_tx, mut closed) = mpsc::unbounded_channel::<()>();
+    let web = raw_backend(move |mut s| {
+        let closed_tx = closed_tx.clone();
+        async move {
+            if read_head(&mut s).await.is_some() {
+                write(&mut s, b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+            }
+            drop(s);
+            let _ = closed_tx.send(());
+        }
+    })
+    .await;
+    let r = start(table(vec![(
+        "web",
+        route(None, &[], &[("web-1", web.addr)]),
+    )]))
+    .await;
+    let mut conn = h1_conn(r.addr).await;
+    for i in 0..3 {
+        within("connection ready", conn.ready())
+            .await
+            .expect("ready");
+        let req = Request::get(format!("/{i}"))
+            .header("host", "web.localhost")
+            .body(full(""))
+            .expect("request");
+        let resp = within("response", conn.send_request(req))
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::OK, "request {i}");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"ok");
+        within("instance closed", closed.recv()).await;
+    }
+    assert_eq!(web.connections.load(SeqCst), 3);
+}
+
+/// An instance answering every request on a connection from a script of
+/// raw responses, in turn.
+async fn scripted(responses: &'static [&'static [u8]]) -> Backend {
+    raw_backend(move |mut s| async move {
+        for response in responses {
+            if read_head(&mut s).await.is_none() {
+                return;
+            }
+            write(&mut s, response).await;
+        }
+        // Keep the connection open for the router's pool.
+        let _ = read_head(&mut s).await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn framings_are_followed_and_the_connection_reused() {
+    let web = scripted(&[
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n",
+        // HEAD: a length, no body.
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndone",
+        b"HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+    ])
+    .await;
+    let r = start(table(vec![(
+        "web",
+        route(None, &[], &[("web-1", web.addr)]),
+    )]))
+    .await;
+    let mut conn = h1_conn(r.addr).await;
+    let expect: [(Method, StatusCode, &str); 6] = [
+        (Method::GET, StatusCode::OK, "hello world"),
+        (Method::HEAD, StatusCode::OK, ""),
+        (Method::GET, StatusCode::NO_CONTENT, ""),
+        (Method::GET, StatusCode::OK, "done"),
+        (Method::GET, StatusCode::NOT_MODIFIED, ""),
+        (Method::GET, StatusCode::OK, ""),
+    ];
+    for (i, (method, status, text)) in expect.into_iter().enumerate() {
+        within("connection ready", conn.ready())
+            .await
+            .expect("ready");
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("/{i}"))
+            .header("host", "web.localhost")
+            .body(full(""))
+            .expect("request");
+        let resp = within("response", conn.send_request(req))
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), status, "exchange {i}");
+        let body = within("body", resp.into_body().collect())
+            .await
+            .expect("body")
+            .to_bytes();
+        assert_eq!(String::from_utf8_lossy(&body), text, "exchange {i}");
+    }
+    assert_eq!(
+        web.connections.load(SeqCst),
+        1,
+        "every exchange should reuse the one instance connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_trailers_reach_http2_clients() {
+    let web = scripted(&[
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-checksum: 42\r\n\r\n",
+    ])
+    .await;
+    let r = start(table(vec![(
+        "web",
+        route(None, &[], &[("web-1", web.addr)]),
+    )]))
+    .await;
+    let io = TokioIo::new(TcpStream::connect(r.addr).await.expect("connect"));
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = Request::get("http://web.localhost/")
+        .body(full(""))
+        .expect("request");
+    let resp = within("h2 response", h2.send_request(req))
+        .await
+        .expect("h2 send");
+    let collected = within("body", resp.into_body().collect())
+        .await
+        .expect("body");
+    assert_eq!(collected.trailers().expect("trailers")["x-checksum"], "42");
+    assert_eq!(&collected.to_bytes()[..], b"abc");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_until_close_are_passed_on_whole() {
+    let web = raw_backend(|mut s| async move {
+        if read_head(&mut s).await.is_some() {
+            write(
+                &mut s,
+                b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it, ",
+            )
+            .await;
+            write(&mut s, b"until the end").await;
+        }
+    })
+    .await;
+    let r = start(table(vec![(
+        "web",
+        route(None, &[], &[("web-1", web.addr)]),
+    )]))
+    .await;
+    for _ in 0..2 {
+        let a = get(r.addr, "web.localhost", "/").await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.body, "all of it, until the end");
+    }
+    assert_eq!(web.connections.load(SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_may_answer_before_the_upload_is_done() {
+    let web = raw_backend(|mut s| async move {
+        if read_head(&mut s).await.is_some() {
+            write(
+                &mut s,
+                b"HTTP/1.1 403 Forbidden\r\ncontent-length: 4\r\nconnection: close\r\n\r\nnope",
+            )
+            .await;
+            // Linger without reading the body, as a server refusing it would.
+            let _ = tokio::time::timeout(DEADLINE, std::future::pending::<()>()).await;
+        }
+    })
+    .await;
+    let r = start(table(vec![("up", route(None, &[], &[("up-1", web.addr)]))])).await;
+    let (tx, rx) = mpsc::channel(1);
+    let mut conn = h1_conn(r.addr).await;
+    let req = Request::post("/")
+        .header("host", "up.localhost")
+        .body(channel_body(rx))
+        .expect("request");
+    let pending = tokio::spawn(async move { conn.send_request(req).await });
+    tx.send(Bytes::from_static(b"first part"))
+        .await
+        .expect("send part");
+    // The rest never comes; the answer does.
+    let resp = within("early answer", pending)
+        .await
+        .expect("join")
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    drop(tx);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_passes_bytes_sent_with_the_101() {
+    let web = raw_backend(|mut s| async move {
+        if read_head(&mut s).await.is_some() {
+            write(
+                &mut s,
+                b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\nhello;",
+            )
+            .await;
+            let mut buf = [0u8; 64];
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                write(&mut s, &buf[..n]).await;
+            }
+        }
+    })
+    .await;
+    let r = start(table(vec![("ws", route(None, &[], &[("ws-1", web.addr)]))])).await;
+    let mut raw = TcpStream::connect(r.addr).await.expect("connect");
+    write(
+        &mut raw,
+        b"GET / HTTP/1.1\r\nhost: ws.localhost\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+    )
+    .await;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    within("101 and the first bytes", async {
+        while !seen.ends_with(b"hello;") {
+            let n = raw.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(
+        seen.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+    write(&mut raw, b"ping").await;
+    let mut echo = [0u8; 4];
+    within("echo", raw.read_exact(&mut echo))
+        .await
+        .expect("echo");
+    assert_eq!(&echo, b"ping");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_sent_request_head_is_cut_after_the_idle_timeout() {
+    let web = backend(echo("web")).await;
+    let config = RouterConfig {
+        idle_timeout: Duration::from_millis(200),
+        ..RouterConfig::default()
+    };
+    let r = start_with(
+        config,
+        table(vec![("web", route(None, &[], &[("web-1", web.addr)]))]),
+    )
+    .await;
+    let mut raw = TcpStream::connect(r.addr).await.expect("connect");
+    write(&mut raw, b"GET / HTTP/1.1\r\nhost: web.loc").await;
+    let mut buf = [0u8; 64];
+    let n = within("cut", raw.read(&mut buf)).await;
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_router_threads_share_the_connections() {
+    let web = backend(echo("web")).await;
+    let config = RouterConfig {
+        workers: 3,
+        ..RouterConfig::default()
+    };
+    let mut r = start_with(
+        config,
+        table(vec![("web", route(None, &[], &[("web-1", web.addr)]))]),
+    )
+    .await;
+    // Connections open at once, each used for several requests.
+    let mut tasks = Vec::new();
+    for c in 0..6 {
+        let addr = r.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut conn = h1_conn(addr).await;
+            for i in 0..5 {
+                within("connection ready", conn.ready())
+                    .await
+                    .expect("ready");
+                let req = Request::get(format!("/{c}/{i}"))
+                    .header("host", "web.localhost")
+                    .body(full(""))
+                    .expect("request");
+                let resp = within("response", conn.send_request(req))
+                    .await
+                    .expect("send");
+                assert_eq!(resp.status(), StatusCode::OK);
+                let body = resp.into_body().collect().await.expect("body").to_bytes();
+                assert!(String::from_utf8_lossy(&body).contains(&format!("path=/{c}/{i}")));
+            }
+        }));
+    }
+    for t in tasks {
+        within("client", t).await.expect("join");
+    }
+    let m = r.router.metrics();
+    assert_eq!(
+        m.get("web", "web-1")
+            .expect("web-1")
+            .requests("GET", StatusClass::Success),
+        30
+    );
+    // Every thread's connections wind down on shutdown.
+    r.stop.take().expect("stop").send(()).expect("stop");
+    within("serve returns", &mut r.served)
+        .await
+        .expect("join")
+        .expect("serve");
+}
