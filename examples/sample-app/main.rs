@@ -31,6 +31,9 @@
 //!                               (in 100 ms steps); see sample_app_leaked_bytes
 //!   SAMPLE_LOG_LINES_PER_SEC=<n>  emit n filler log lines per second
 //!   SAMPLE_LOG_LEVEL            only echoed in the "listening" line
+//!   SAMPLE_PRINT_ENV=A,B        print `A=<value>` of each named variable on
+//!                               stdout and stderr once listening (tests of
+//!                               secret redaction)
 //! Flags accept 1/true/yes and 0/false/no. Durations are `<n>ms`, `<n>s` or
 //! `<n>m`. A bad value is reported naming the variable, and the process exits 2.
 //!
@@ -509,6 +512,13 @@ async fn run() -> i32 {
     };
     let pid = std::process::id();
     log!("info", "listening", {"port": cfg.port, "pid": pid, "log_level": cfg.log_level});
+    if let Ok(names) = std::env::var("SAMPLE_PRINT_ENV") {
+        for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let value = std::env::var(name).unwrap_or_default();
+            println!("{name}={value}");
+            eprintln!("{name}={value}");
+        }
+    }
 
     let start_unix_secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)

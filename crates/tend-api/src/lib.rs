@@ -24,7 +24,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable machine-readable code: `bad_request`, `unauthorized`, `forbidden`,
     /// `not_found`, `conflict`, `invalid_manifest`, `payload_too_large`,
-    /// `unsupported_media_type`, `method_not_allowed`, `internal`.
+    /// `unsupported_media_type`, `method_not_allowed`, `unavailable`, `internal`.
     pub code: String,
     /// One or more lines for people.
     pub message: String,
@@ -318,4 +318,144 @@ pub struct ConfigChanged {
     pub version: u32,
     /// The deployment rolling it out, unless staged.
     pub deployment: Option<Deployment>,
+}
+
+/// One secret of a service as the API shows it: never its value.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SecretInfo {
+    /// The environment variable it becomes.
+    pub name: String,
+    /// Version of this name's value (1 for the first value set).
+    pub version: u32,
+    /// Who set this value.
+    pub set_by: Option<String>,
+    /// When.
+    pub set_at: Timestamp,
+}
+
+/// `GET /api/v1/services/{name}/secrets`: names and versions, no values.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SecretsView {
+    /// Version of the service's set of secrets; incremented by every change, 0 before the first.
+    pub version: u32,
+    /// The secrets, by name.
+    pub secrets: Vec<SecretInfo>,
+    /// When the set last changed.
+    pub updated_at: Option<Timestamp>,
+    /// Who changed it last.
+    pub updated_by: Option<String>,
+}
+
+/// `POST /api/v1/services/{name}/secrets`.
+#[derive(Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsChange {
+    /// Secrets to add or replace: name and value. Values are encrypted at once and never shown again.
+    #[serde(default)]
+    pub set: std::collections::BTreeMap<String, String>,
+    /// Secrets to remove.
+    #[serde(default)]
+    pub unset: Vec<String>,
+    /// Roll the change out as a new release now (default); false stages it for the next deploy.
+    #[serde(default = "yes")]
+    pub deploy: bool,
+}
+
+/// Values stay out of debug output and so out of every log.
+impl std::fmt::Debug for SecretsChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretsChange")
+            .field("set", &self.set.keys().collect::<Vec<_>>())
+            .field("unset", &self.unset)
+            .field("deploy", &self.deploy)
+            .finish()
+    }
+}
+
+/// The answer to a secrets change.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SecretsChanged {
+    /// The new version of the service's set of secrets.
+    pub version: u32,
+    /// The deployment rolling it out, unless staged.
+    pub deployment: Option<Deployment>,
+}
+
+/// The answer to `POST /api/v1/secrets/rotate-key`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct KeyRotated {
+    /// Id of the new master key.
+    pub master_key_id: String,
+    /// Data keys re-wrapped under it.
+    pub data_keys: u32,
+}
+
+// ---- alerting: incidents, on-call, escalation ------------------------------
+
+pub use tend_core::incident::{
+    Delivery, EscalationLevel, EscalationPolicy, EscalationTarget, Handoff, Incident,
+    IncidentAlert, IncidentContext, IncidentState, OnCall, OncallOverride, Rotation, TimelineEntry,
+};
+
+/// `GET /api/v1/incidents/{id}`: an incident with everything known about it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct IncidentDetail {
+    /// The incident and its alerts.
+    pub incident: Incident,
+    /// What changed before, recent errors, runbook, rollback command.
+    pub context: IncidentContext,
+    /// What happened to it, oldest first.
+    pub timeline: Vec<TimelineEntry>,
+    /// Every notification sent about it and how its delivery went.
+    pub deliveries: Vec<Delivery>,
+}
+
+/// `PUT /api/v1/teams/{team}/rotation`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetRotation {
+    /// Members in turn order (token names; the first is on call first).
+    pub members: Vec<TokenName>,
+    /// `daily` or `weekly`.
+    pub handoff: Handoff,
+    /// Local time of the hand-off, `HH:MM` (default `09:00`).
+    #[serde(default)]
+    pub handoff_time: Option<String>,
+    /// The team's offset from UTC, `+HH:MM` or `-HH:MM` (default `+00:00`).
+    #[serde(default)]
+    pub utc_offset: Option<String>,
+}
+
+/// `POST /api/v1/teams/{team}/overrides`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddOverride {
+    /// Who takes the duty.
+    pub member: TokenName,
+    /// From (default: now).
+    #[serde(default)]
+    pub starts_at: Option<Timestamp>,
+    /// Until.
+    pub ends_at: Timestamp,
+}
+
+/// One level of `PUT /api/v1/teams/{team}/escalation`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetEscalationLevel {
+    /// Wait after the previous level (or the opening), e.g. `"30m"`.
+    pub after: String,
+    /// `team`, `channel:NAME` or `team:NAME`.
+    pub notify: Vec<String>,
+}
+
+/// `PUT /api/v1/teams/{team}/escalation`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetEscalation {
+    /// Levels in order.
+    pub levels: Vec<SetEscalationLevel>,
+    /// Times the whole policy repeats after its last level.
+    #[serde(default)]
+    pub repeat: u32,
 }

@@ -489,6 +489,32 @@ impl Client {
         .await
     }
 
+    /// `GET /api/v1/services/{name}/secrets`: names and versions, never values.
+    pub async fn secrets(&self, name: &str) -> Result<tend_api::SecretsView> {
+        self.get(&format!("/api/v1/services/{}/secrets", seg(name)))
+            .await
+    }
+
+    /// `POST /api/v1/services/{name}/secrets`.
+    pub async fn change_secrets(
+        &self,
+        name: &str,
+        change: &tend_api::SecretsChange,
+    ) -> Result<tend_api::SecretsChanged> {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/services/{}/secrets", seg(name)),
+            Some(change),
+        )
+        .await
+    }
+
+    /// `POST /api/v1/secrets/rotate-key` (admin).
+    pub async fn rotate_key(&self) -> Result<tend_api::KeyRotated> {
+        self.call::<(), _>(Method::POST, "/api/v1/secrets/rotate-key", None)
+            .await
+    }
+
     /// A query of the Prometheus-compatible API (`/api/v1/query` or
     /// `/api/v1/query_range`): the `data` of a success, or the error.
     pub async fn prometheus(
@@ -520,5 +546,87 @@ impl Client {
         };
         let v: serde_json::Value = self.decode(resp).await?;
         Ok(v["data"].clone())
+    }
+}
+
+/// Alerting: incidents, on-call and escalation.
+impl Client {
+    /// `GET /api/v1/incidents` (`team`: one team's; `all`: resolved ones too).
+    pub async fn incidents(&self, team: Option<&str>, all: bool) -> Result<Vec<Incident>> {
+        let mut q = vec![format!("all={all}")];
+        if let Some(t) = team {
+            q.push(format!("team={}", seg(t)));
+        }
+        self.get(&format!("/api/v1/incidents?{}", q.join("&")))
+            .await
+    }
+
+    /// `GET /api/v1/incidents/{id}`.
+    pub async fn incident(&self, id: i64) -> Result<IncidentDetail> {
+        self.get(&format!("/api/v1/incidents/{id}")).await
+    }
+
+    /// `POST /api/v1/incidents/{id}/ack`.
+    pub async fn ack_incident(&self, id: i64) -> Result<Incident> {
+        self.call::<(), _>(Method::POST, &format!("/api/v1/incidents/{id}/ack"), None)
+            .await
+    }
+
+    /// `POST /api/v1/incidents/{id}/resolve`.
+    pub async fn resolve_incident(&self, id: i64) -> Result<Incident> {
+        self.call::<(), _>(
+            Method::POST,
+            &format!("/api/v1/incidents/{id}/resolve"),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /api/v1/teams/{team}/oncall`.
+    pub async fn oncall(&self, team: &str) -> Result<OnCall> {
+        self.get(&format!("/api/v1/teams/{}/oncall", seg(team)))
+            .await
+    }
+
+    /// `PUT /api/v1/teams/{team}/rotation`.
+    pub async fn set_rotation(&self, team: &str, r: &SetRotation) -> Result<OnCall> {
+        self.call(
+            Method::PUT,
+            &format!("/api/v1/teams/{}/rotation", seg(team)),
+            Some(r),
+        )
+        .await
+    }
+
+    /// `DELETE /api/v1/teams/{team}/rotation`.
+    pub async fn remove_rotation(&self, team: &str) -> Result<()> {
+        self.delete(&format!("/api/v1/teams/{}/rotation", seg(team)))
+            .await
+    }
+
+    /// `POST /api/v1/teams/{team}/overrides`.
+    pub async fn add_override(&self, team: &str, o: &AddOverride) -> Result<OnCall> {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/teams/{}/overrides", seg(team)),
+            Some(o),
+        )
+        .await
+    }
+
+    /// `DELETE /api/v1/teams/{team}/overrides/{id}`.
+    pub async fn remove_override(&self, team: &str, id: i64) -> Result<()> {
+        self.delete(&format!("/api/v1/teams/{}/overrides/{id}", seg(team)))
+            .await
+    }
+
+    /// `PUT /api/v1/teams/{team}/escalation`.
+    pub async fn set_escalation(&self, team: &str, e: &SetEscalation) -> Result<OnCall> {
+        self.call(
+            Method::PUT,
+            &format!("/api/v1/teams/{}/escalation", seg(team)),
+            Some(e),
+        )
+        .await
     }
 }

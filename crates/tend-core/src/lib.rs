@@ -4,6 +4,7 @@
 //! plain value that other crates store, send and validate.
 
 pub mod env;
+pub mod incident;
 pub mod model;
 pub mod names;
 pub mod routing;

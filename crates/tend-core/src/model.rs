@@ -210,6 +210,9 @@ pub struct Release {
     pub artifact: String,
     /// Version of the service's config vars it runs with (0: none set).
     pub config_version: u32,
+    /// Version of the service's secrets it runs with (0: none set).
+    #[serde(default)]
+    pub secrets_version: u32,
     /// What made it (`deploy`, `config: set A, B`, ...).
     pub description: String,
     /// When it was made.

@@ -175,6 +175,8 @@ struct Inner {
     output: Option<Arc<dyn OutputSink>>,
     /// Builds in progress (their working copies are not garbage).
     builds: Mutex<HashSet<i64>>,
+    /// Decrypts the secrets instances start with.
+    secrets: std::sync::OnceLock<Arc<tend_secrets::Vault>>,
 }
 
 /// The deployment automation of one machine. Cheap to clone.
@@ -225,6 +227,7 @@ impl Deployer {
                 drainer: std::sync::OnceLock::new(),
                 output,
                 builds: Mutex::new(HashSet::new()),
+                secrets: std::sync::OnceLock::new(),
             }),
         };
         let d = deployer.clone();
@@ -241,6 +244,46 @@ impl Deployer {
     /// stopped (the router). Without one, instances are signalled at once.
     pub fn set_drainer(&self, drainer: Arc<dyn Drainer>) {
         let _ = self.inner.drainer.set(drainer);
+    }
+
+    /// Sets the vault that decrypts releases' secrets when instances start.
+    /// Without one, an instance of a release with secrets refuses to start.
+    pub fn set_secrets(&self, vault: Arc<tend_secrets::Vault>) {
+        let _ = self.inner.secrets.set(vault);
+    }
+
+    /// The decrypted secrets of a release, as environment entries. The error
+    /// names the secret and what is wrong, never a value.
+    fn release_secrets(
+        &self,
+        service: &ServiceName,
+        release: u32,
+    ) -> Result<Vec<(String, tend_secrets::Plaintext)>, String> {
+        let stored = self
+            .inner
+            .store
+            .read(|tx| tx.release_secrets(service, release))
+            .map_err(|e| format!("cannot read its secrets: {e}"))?;
+        if stored.is_empty() {
+            return Ok(vec![]);
+        }
+        let vault = self.inner.secrets.get().ok_or_else(|| {
+            "it has secrets, and secrets are unavailable on this server".to_string()
+        })?;
+        stored
+            .iter()
+            .map(|s| {
+                let at = tend_secrets::SecretRef {
+                    service: service.as_str(),
+                    name: &s.name,
+                    version: s.version,
+                };
+                vault
+                    .open(&at, &s.sealed)
+                    .map(|v| (s.name.clone(), v))
+                    .map_err(|e| e.to_string())
+            })
+            .collect()
     }
 
     /// Asks the controller to look at `service` now.
@@ -1157,18 +1200,46 @@ impl Deployer {
                 id
             }
         };
+        let mut env = spec.env.clone();
+        let mut redact = Vec::new();
+        // Decrypted only now, for this start; a release whose secrets do not
+        // decrypt (altered, or the wrong key) does not start at all.
+        let secrets = self.release_secrets(service, release);
+        if let Ok(list) = &secrets {
+            for (k, v) in list {
+                env.insert(k.clone(), v.to_string());
+                redact.push(k.clone());
+            }
+        }
         let ispec = InstanceSpec {
             instance_id: id.clone(),
             service: service.to_string(),
             release,
             release_dir,
             command: spec.run.command.clone(),
-            env: spec.env.clone(),
+            env,
+            redact,
             port,
             memory_limit: spec.run.memory,
             cpu_limit: spec.run.cpus,
         };
-        match inner.runtime.start(&ispec).await {
+        let started = match secrets {
+            Ok(_) => inner.runtime.start(&ispec).await.map_err(|e| e.to_string()),
+            Err(why) => {
+                let why = format!("refused to start: {why}");
+                inner.store.write(|tx| {
+                    tx.append_event(
+                        service,
+                        "instance.refused",
+                        &format!("{id} (v{release}) {why}"),
+                        None,
+                    )
+                })?;
+                Err(why)
+            }
+        };
+        drop(ispec);
+        match started {
             Ok(handle) => {
                 let json = serde_json::to_string(&handle)
                     .map_err(|e| DeployError::Invalid(e.to_string()))?;
@@ -1203,12 +1274,12 @@ impl Deployer {
                         .find(|r| r.instance.id == id)
                         .ok_or_else(|| DeployError::Invalid(format!("instance {id} vanished")))?,
                 };
-                self.record_crash(
-                    service,
-                    &mut rec,
-                    &format!("could not start: {e}"),
-                    Duration::ZERO,
-                )?;
+                let why = if e.starts_with("refused to start") {
+                    e
+                } else {
+                    format!("could not start: {e}")
+                };
+                self.record_crash(service, &mut rec, &why, Duration::ZERO)?;
             }
         }
         Ok(())

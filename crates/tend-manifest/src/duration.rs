@@ -47,6 +47,31 @@ pub(crate) mod serde_duration {
     }
 }
 
+/// Serde adapter: an optional [`Duration`] as a humantime string or null.
+pub(crate) mod serde_opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes `d` as a humantime string, or null.
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&super::format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Reads a humantime string or null.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| {
+                super::parse_duration(&s)
+                    .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+            })
+            .transpose()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

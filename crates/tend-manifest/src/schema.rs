@@ -141,7 +141,53 @@ pub(crate) const ALERT: &[Field] = &[
     field("summary", "summary = \"Checkout is slow\""),
     field("description", "description = \"p99 latency above 500ms\""),
     field("labels", "labels = { tier = \"frontend\" }"),
+    aliased(
+        "logs",
+        "logs = 'panic|deadlock'",
+        &["log", "pattern", "grep"],
+    ),
+    field("window", "window = \"5m\""),
+    aliased("threshold", "threshold = 10", &["count", "min_lines"]),
 ];
+
+/// `[alert_defaults]`.
+pub(crate) const ALERT_DEFAULTS: &[Field] = &[
+    aliased(
+        "disable",
+        "disable = [\"high-latency\"]",
+        &["disabled", "off"],
+    ),
+    aliased("crash_restarts", "crash_restarts = 3", &["restarts"]),
+    field("crash_window", "crash_window = \"5m\""),
+    field("not_ready_for", "not_ready_for = \"2m\""),
+    aliased("error_ratio", "error_ratio = 0.05", &["error_rate"]),
+    aliased("error_min_rps", "error_min_rps = 5", &["min_rps"]),
+    field("error_for", "error_for = \"1m\""),
+    field("latency_factor", "latency_factor = 3"),
+    field("latency_for", "latency_for = \"5m\""),
+    field("memory_ratio", "memory_ratio = 0.9"),
+];
+
+/// `[metrics]`.
+pub(crate) const METRICS: &[Field] = &[
+    aliased(
+        "path",
+        "path = \"/metrics\"",
+        &["metrics_path", "endpoint", "url"],
+    ),
+    aliased(
+        "interval",
+        "interval = \"10s\"",
+        &["scrape_interval", "every", "period"],
+    ),
+];
+
+/// `[secrets]`.
+pub(crate) const SECRETS: &[Field] = &[aliased(
+    "required",
+    "required = [\"DATABASE_URL\"]",
+    &["require", "needs", "names"],
+)];
 
 /// `[env]` has free-form keys; this is only used for examples.
 pub(crate) const ENV_EXAMPLE: &str = "LOG_LEVEL = \"info\"";
@@ -158,10 +204,17 @@ pub(crate) const HEALTH_SECTION: Section = Section::new("health", HEALTH, false)
 pub(crate) const HTTP_SECTION: Section = Section::new("http", HTTP, false);
 /// `[deploy]` as a section.
 pub(crate) const DEPLOY_SECTION: Section = Section::new("deploy", DEPLOY, false);
+/// `[metrics]` as a section.
+pub(crate) const METRICS_SECTION: Section = Section::new("metrics", METRICS, false);
+/// `[secrets]` as a section.
+pub(crate) const SECRETS_SECTION: Section = Section::new("secrets", SECRETS, false);
 /// `[env]` as a section (free-form keys).
 pub(crate) const ENV_SECTION: Section = Section::new("env", &[], false);
 /// `[[alerts]]` as a section.
 pub(crate) const ALERTS_SECTION: Section = Section::new("alerts", ALERT, true);
+/// `[alert_defaults]` as a section.
+pub(crate) const ALERT_DEFAULTS_SECTION: Section =
+    Section::new("alert_defaults", ALERT_DEFAULTS, false);
 
 /// Every top-level section, in the order the docs present them.
 pub(crate) const SECTIONS: &[Section] = &[
@@ -171,8 +224,11 @@ pub(crate) const SECTIONS: &[Section] = &[
     HEALTH_SECTION,
     HTTP_SECTION,
     DEPLOY_SECTION,
+    METRICS_SECTION,
     ENV_SECTION,
+    SECRETS_SECTION,
     ALERTS_SECTION,
+    ALERT_DEFAULTS_SECTION,
 ];
 
 /// A top-level section.

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tend_core::{ServiceName, TeamName};
 use utoipa::ToSchema;
 
-use crate::duration::serde_duration;
+use crate::duration::{serde_duration, serde_opt_duration};
 
 /// Default `[run] instances`.
 pub const DEFAULT_INSTANCES: u32 = 1;
@@ -40,6 +40,11 @@ pub const DEFAULT_VERIFY: Duration = Duration::from_secs(10);
 /// Default `[deploy] healthy_deadline`.
 pub const DEFAULT_HEALTHY_DEADLINE: Duration = Duration::from_secs(60);
 
+/// Shortest `[metrics] interval`.
+pub const MIN_METRICS_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest `[metrics] interval`.
+pub const MAX_METRICS_INTERVAL: Duration = Duration::from_secs(3600);
+
 /// A whole, valid `tend.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ServiceSpec {
@@ -59,6 +64,23 @@ pub struct ServiceSpec {
     pub env: BTreeMap<String, String>,
     /// `[[alerts]]`: the service's own alert rules.
     pub alerts: Vec<AlertRule>,
+    /// `[metrics]`: where to scrape the service's own metrics; `None`: not scraped.
+    #[serde(default)]
+    pub metrics: Option<MetricsSection>,
+    /// `[alert_defaults]`: thresholds of the alerts every service gets without a rule.
+    #[serde(default)]
+    pub alert_defaults: AlertDefaults,
+    /// `[secrets]`: the secrets a deploy needs (values are set with `tend secrets`).
+    #[serde(default)]
+    pub secrets: SecretsSection,
+}
+
+/// `[secrets]`: which secrets the service cannot run without.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SecretsSection {
+    /// Names that must be set (`tend secrets set`) before a deploy builds.
+    #[serde(default)]
+    pub required: Vec<String>,
 }
 
 impl ServiceSpec {
@@ -214,6 +236,17 @@ pub enum DeployStrategy {
     Rolling,
 }
 
+/// `[metrics]`: the service serves Prometheus metrics, scrape them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MetricsSection {
+    /// Path of each instance's metrics endpoint (Prometheus text or OpenMetrics).
+    pub path: String,
+    /// Time between two scrapes; `None`: the server's `--scrape-interval`.
+    #[serde(default, with = "serde_opt_duration")]
+    #[schema(value_type = Option<String>, example = "10s")]
+    pub interval: Option<Duration>,
+}
+
 /// One `[[alerts]]` rule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AlertRule {
@@ -238,6 +271,99 @@ pub struct AlertRule {
     /// Extra labels attached to the alert.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// A log-based condition instead of `expr` (then `expr` is empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<LogCondition>,
+}
+
+/// A log-based alert condition: at least `threshold` lines matching `pattern`
+/// within the last `window`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LogCondition {
+    /// Regular expression matched anywhere in each raw line.
+    pub pattern: String,
+    /// How far back lines are counted.
+    #[serde(with = "serde_duration")]
+    #[schema(value_type = String, example = "5m")]
+    pub window: Duration,
+    /// Matching lines in the window that make the condition hold.
+    pub threshold: u32,
+}
+
+/// Default `[[alerts]] window` of a log-based rule.
+pub const DEFAULT_LOG_WINDOW: Duration = Duration::from_secs(5 * 60);
+
+/// Names of the alerts every service gets without writing a rule, as
+/// `[alert_defaults] disable` accepts them.
+pub const DEFAULT_ALERT_NAMES: [&str; 6] = [
+    "crash-looping",
+    "instances-not-ready",
+    "deploy-failed",
+    "high-error-rate",
+    "high-latency",
+    "memory-near-limit",
+];
+
+/// `[alert_defaults]`: the thresholds of the default alerts, and which are off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct AlertDefaults {
+    /// Default alerts turned off, by name (see [`DEFAULT_ALERT_NAMES`]).
+    pub disable: Vec<String>,
+    /// Crashes within `crash_window` that mean the service is crash looping.
+    pub crash_restarts: u32,
+    /// The window crashes are counted in.
+    #[serde(with = "serde_duration")]
+    #[schema(value_type = String, example = "5m")]
+    pub crash_window: Duration,
+    /// How long an instance may stay not ready before it alerts.
+    #[serde(with = "serde_duration")]
+    #[schema(value_type = String, example = "2m")]
+    pub not_ready_for: Duration,
+    /// Share of 5xx answers (0 to 1) above which the service alerts.
+    pub error_ratio: f64,
+    /// Requests per second the service must get for the error ratio to count.
+    pub error_min_rps: f64,
+    /// How long the error ratio must stay high before it alerts.
+    #[serde(with = "serde_duration")]
+    #[schema(value_type = String, example = "10s")]
+    pub error_for: Duration,
+    /// p99 latency this many times its own baseline (the hour before) alerts.
+    pub latency_factor: f64,
+    /// How long p99 latency must stay high before it alerts.
+    #[serde(with = "serde_duration")]
+    #[schema(value_type = String, example = "5m")]
+    pub latency_for: Duration,
+    /// Memory use, as a share of the `[run] memory` limit, that alerts.
+    pub memory_ratio: f64,
+}
+
+impl Default for AlertDefaults {
+    fn default() -> Self {
+        Self {
+            disable: Vec::new(),
+            crash_restarts: 3,
+            crash_window: Duration::from_secs(5 * 60),
+            not_ready_for: Duration::from_secs(2 * 60),
+            error_ratio: 0.05,
+            // At least a request per second: one failed request in a minute
+            // stays under 5 %, so a single error never pages.
+            error_min_rps: 1.0,
+            // The ratio is over a minute already; holding it longer only
+            // delays the page.
+            error_for: Duration::ZERO,
+            latency_factor: 3.0,
+            latency_for: Duration::from_secs(5 * 60),
+            memory_ratio: 0.9,
+        }
+    }
+}
+
+impl AlertDefaults {
+    /// Whether the default alert `name` is on.
+    pub fn enabled(&self, name: &str) -> bool {
+        !self.disable.iter().any(|d| d == name)
+    }
 }
 
 /// How urgent an alert is.

@@ -103,7 +103,11 @@ fn design_spec() -> ServiceSpec {
             summary: None,
             description: None,
             labels: BTreeMap::new(),
+            logs: None,
         }],
+        metrics: None,
+        alert_defaults: AlertDefaults::default(),
+        secrets: SecretsSection::default(),
     }
 }
 
@@ -143,6 +147,9 @@ fn absent_sections_get_defaults() {
             deploy: DeploySection::default(),
             env: BTreeMap::new(),
             alerts: vec![],
+            metrics: None,
+            alert_defaults: AlertDefaults::default(),
+            secrets: SecretsSection::default(),
         }
     );
 }
@@ -413,4 +420,40 @@ fn openapi_schema_describes_durations_as_strings() {
     );
     let report = serde_json::to_value(ManifestReport::schema()).expect("schema serializes");
     assert!(report["properties"]["problems"].is_object(), "{report}");
+}
+
+#[test]
+fn metrics_section_says_where_to_scrape() {
+    let src = format!("{MINIMAL}\n[metrics]\npath = \"/metrics\"\ninterval = \"30s\"\n");
+    let spec = parse(&src, "tend.toml").expect("valid");
+    assert_eq!(
+        spec.metrics,
+        Some(MetricsSection {
+            path: "/metrics".into(),
+            interval: Some(Duration::from_secs(30)),
+        })
+    );
+    // Stored specs written before the section existed still read.
+    let mut json = serde_json::to_value(&spec).expect("json");
+    json.as_object_mut().expect("object").remove("metrics");
+    let old: ServiceSpec = serde_json::from_value(json).expect("old spec");
+    assert_eq!(old.metrics, None);
+    for (bad, says) in [
+        ("[metrics]\ninterval = \"10s\"\n", "needs a `path`"),
+        ("[metrics]\npath = \"metrics\"\n", "must start with `/`"),
+        (
+            "[metrics]\npath = \"/m\"\ninterval = \"100ms\"\n",
+            "between 1s and 1h",
+        ),
+        (
+            "[metrics]\npath = \"/m\"\nscrape_interval = \"5s\"\n",
+            "interval",
+        ),
+    ] {
+        let err = parse(&format!("{MINIMAL}\n{bad}"), "tend.toml").expect_err(bad);
+        assert!(
+            err.to_string().contains(says) || format!("{err:?}").contains(says),
+            "{bad}: {err:?}"
+        );
+    }
 }

@@ -50,34 +50,37 @@ impl BitWriter {
         self.free -= 1;
     }
 
-    #[inline]
-    fn write_byte(&mut self, b: u8) {
-        if self.free == 0 {
-            self.buf.push(b);
-        } else {
-            if let Some(last) = self.buf.last_mut() {
-                *last |= b >> (8 - self.free);
-            }
-            self.buf.push(b << self.free);
-        }
-    }
-
     /// Writes the lowest `n` bits of `v` (n ≤ 64), most significant first.
     #[inline]
-    pub fn write_bits(&mut self, v: u64, mut n: u32) {
+    pub fn write_bits(&mut self, v: u64, n: u32) {
         if n == 0 {
             return;
         }
-        let mut v = v << (64 - n);
-        while n >= 8 {
-            self.write_byte((v >> 56) as u8);
-            v <<= 8;
-            n -= 8;
+        let mut n = n.min(64);
+        let mut v = if n == 64 { v } else { v & ((1u64 << n) - 1) };
+        // Whole runs at a time (this is on the append path): first the free
+        // bits of the last byte, then whole bytes, then the rest.
+        if self.free > 0 {
+            let f = u32::from(self.free);
+            let take = f.min(n);
+            let bits = (v >> (n - take)) as u8;
+            if let Some(last) = self.buf.last_mut() {
+                *last |= bits << (f - take);
+            }
+            self.free -= take as u8;
+            n -= take;
+            if n == 0 {
+                return;
+            }
+            v &= (1u64 << n) - 1;
         }
-        while n > 0 {
-            self.write_bit(v >> 63 == 1);
-            v <<= 1;
-            n -= 1;
+        while n >= 8 {
+            n -= 8;
+            self.buf.push((v >> n) as u8);
+        }
+        if n > 0 {
+            self.buf.push((v as u8) << (8 - n));
+            self.free = (8 - n) as u8;
         }
     }
 
@@ -543,6 +546,19 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn write_bits_equals_bit_by_bit(ops in proptest::collection::vec((any::<u64>(), 0u32..=64), 0..64)) {
+            let (mut fast, mut slow) = (BitWriter::new(), BitWriter::new());
+            for &(v, n) in &ops {
+                fast.write_bits(v, n);
+                for i in (0..n).rev() {
+                    slow.write_bit((v >> i) & 1 == 1);
+                }
+            }
+            prop_assert_eq!(fast.bit_len(), slow.bit_len());
+            prop_assert_eq!(fast.bytes(), slow.bytes());
+        }
+
         #[test]
         fn chunk_roundtrip(
             start in any::<i64>().prop_map(|t| t / 4),

@@ -4,11 +4,18 @@
 //! (`_bucket`, `_sum`, `_count`, `quantile=`), with `le`/`quantile` values
 //! normalised to OpenMetrics float formatting as Prometheus 3 does
 //! (`le="1"` → `le="1.0"`), so text and OpenMetrics scrapes agree.
+//!
+//! [`ScrapeCache`] is the scrape path's fast lane: like Prometheus's scrape
+//! cache it maps the raw series text of a line (`name{labels}`) to the
+//! finished label set, so a target's known series cost a hash lookup and a
+//! float parse per scrape instead of parsing, allocating and sorting labels.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
-use crate::labels::{Labels, METRIC_NAME};
+use crate::labels::{hash_bytes, Labels, METRIC_NAME};
 
 /// A parse failure with its 1-based line number.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -40,18 +47,185 @@ pub fn parse(
     content_type: Option<&str>,
     default_time_ms: i64,
 ) -> Result<Vec<(Labels, i64, f64)>, ParseError> {
+    let mut out = Vec::new();
+    parse_impl(text, content_type, default_time_ms, None, &mut out)?;
+    Ok(out)
+}
+
+/// Hashes cache keys (raw series text) with the crate's word-at-a-time hash
+/// plus a final avalanche, as hash tables index by the low bits.
+#[derive(Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^ (h >> 33)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = hash_bytes(self.0, bytes);
+    }
+}
+
+/// Which `le`/`quantile` normalisation a cached series got (it depends on
+/// the `# TYPE` line in force, so a hit must see the same).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Norm {
+    // The series has neither label: the `# TYPE` context does not matter.
+    Insensitive,
+    // Has `le` and/or `quantile`; which one (if any) was normalised.
+    Sensitive {
+        has_le: bool,
+        has_quantile: bool,
+        applied: Option<Kind>,
+    },
+}
+
+struct CacheEntry {
+    labels: Labels,
+    norm: Norm,
+    // Scrape generation that last saw this series (for eviction).
+    seen: u64,
+}
+
+/// Per-target cache of the scrape path: raw series text → finished labels
+/// (parsed, normalised, merged with the target's labels). Keep one per
+/// scrape target and pass it every scrape of that target; it holds the
+/// series of the latest scrape only (entries not seen are dropped, as
+/// Prometheus's scrape cache does), so memory is bounded by the target.
+#[derive(Default)]
+pub struct ScrapeCache {
+    target: Option<Labels>,
+    entries: HashMap<Box<str>, CacheEntry, BuildHasherDefault<KeyHasher>>,
+    generation: u64,
+}
+
+impl ScrapeCache {
+    /// An empty cache.
+    pub fn new() -> ScrapeCache {
+        ScrapeCache::default()
+    }
+
+    /// Number of cached series.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Like [`parse`], then every series gets `target`'s labels (replacing
+    /// same-named ones, as [`Labels::merged`]); the samples are appended to
+    /// `out` (nothing is appended on error). Equal to `parse` followed by
+    /// `merged` on every sample.
+    pub fn parse(
+        &mut self,
+        text: &str,
+        content_type: Option<&str>,
+        default_time_ms: i64,
+        target: &Labels,
+        out: &mut Vec<(Labels, i64, f64)>,
+    ) -> Result<(), ParseError> {
+        let start = out.len();
+        if target.get(METRIC_NAME).is_some() {
+            // The target would rename series: the cache keys by name, so
+            // take the slow path (never the case for the collector).
+            self.entries.clear();
+            self.target = None;
+            parse_impl(text, content_type, default_time_ms, None, out)?;
+            for s in &mut out[start..] {
+                s.0 = s.0.merged(target);
+            }
+            return Ok(());
+        }
+        if self.target.as_ref() != Some(target) {
+            self.entries.clear();
+            self.target = Some(target.clone());
+        }
+        self.generation += 1;
+        match parse_impl(text, content_type, default_time_ms, Some(self), out) {
+            Ok(()) => {
+                if self.entries.len() > out.len() - start {
+                    // Series gone from the target: forget them.
+                    let g = self.generation;
+                    self.entries.retain(|_, e| e.seen == g);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                out.truncate(start);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The end of the series part of a sample line (`name`, `name{...}` or
+/// `{...}`), found without parsing it: the cache key. `None` if there is none.
+fn series_key_end(line: &str) -> Option<usize> {
+    let b = line.as_bytes();
+    let mut i = 0;
+    while i < b.len() && is_name_char(b[i]) {
+        i += 1;
+    }
+    let name_end = i;
+    while i < b.len() && matches!(b[i], b' ' | b'\t') {
+        i += 1;
+    }
+    if b.get(i) != Some(&b'{') {
+        return (name_end > 0).then_some(name_end);
+    }
+    i += 1;
+    loop {
+        match *b.get(i)? {
+            b'"' => {
+                i += 1;
+                loop {
+                    match *b.get(i)? {
+                        b'\\' => i += 2,
+                        b'"' => break,
+                        _ => i += 1,
+                    }
+                }
+                i += 1;
+            }
+            b'}' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+}
+
+/// The normalisation a sample line gets under the `# TYPE` in force.
+fn norm_label(kind: Kind) -> Option<&'static str> {
+    match kind {
+        Kind::Histogram => Some("le"),
+        Kind::Summary => Some("quantile"),
+        Kind::Other => None,
+    }
+}
+
+fn parse_impl(
+    text: &str,
+    content_type: Option<&str>,
+    default_time_ms: i64,
+    mut cache: Option<&mut ScrapeCache>,
+    out: &mut Vec<(Labels, i64, f64)>,
+) -> Result<(), ParseError> {
     let om = content_type.is_some_and(|c| {
         c.trim_start()
             .to_ascii_lowercase()
             .starts_with("application/openmetrics-text")
     });
-    let mut out = Vec::new();
     let mut kind = Kind::Other;
     let mut family = String::new();
     let mut eof = false;
     let mut pairs: Vec<(Arc<str>, Arc<str>)> = Vec::new();
-    let n_lines = text.split('\n').count();
-    for (i, raw) in text.split('\n').enumerate() {
+    let mut lines = text.split('\n').enumerate().peekable();
+    while let Some((i, raw)) = lines.next() {
         let line_no = i + 1;
         let err = |msg: String| ParseError { line: line_no, msg };
         let line = raw
@@ -59,16 +233,14 @@ pub fn parse(
             .unwrap_or(raw)
             .trim_start_matches([' ', '\t']);
         if eof {
-            if line.is_empty() && i + 1 == n_lines {
+            if line.is_empty() && lines.peek().is_none() {
                 continue;
             }
             return Err(err("content after # EOF".into()));
         }
-        if line.trim().is_empty() {
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix('#') {
-            let rest = rest.trim_start_matches([' ', '\t']);
+        let first = line.as_bytes().first().copied();
+        if first == Some(b'#') {
+            let rest = line[1..].trim_start_matches([' ', '\t']);
             if om && rest.trim_end() == "EOF" {
                 eof = true;
                 continue;
@@ -89,22 +261,58 @@ pub fn parse(
             }
             continue;
         }
-        let (t, v) = parse_sample(line, om, &mut pairs).map_err(err)?;
-        // le/quantile normalisation applies only inside the declared family.
-        let norm = match kind {
-            Kind::Histogram => Some("le"),
-            Kind::Summary => Some("quantile"),
-            Kind::Other => None,
+        // Sample lines never start with whitespace (trimmed above) and
+        // blank lines are skipped.
+        if first.is_none() || line.trim().is_empty() {
+            continue;
+        }
+        let key_end = if cache.is_some() {
+            series_key_end(line)
+        } else {
+            None
         };
-        if let Some(ln) = norm {
-            let name = pairs
-                .iter()
-                .find(|(n, _)| &**n == METRIC_NAME)
-                .map(|(_, v)| &**v)
-                .unwrap_or("");
+        if let (Some(c), Some(end)) = (cache.as_deref_mut(), key_end) {
+            let g = c.generation;
+            if let Some(e) = c.entries.get_mut(&line[..end]) {
+                let valid = match e.norm {
+                    Norm::Insensitive => true,
+                    Norm::Sensitive {
+                        has_le,
+                        has_quantile,
+                        applied,
+                    } => {
+                        let would = match kind {
+                            Kind::Histogram if has_le => Some(Kind::Histogram),
+                            Kind::Summary if has_quantile => Some(Kind::Summary),
+                            _ => None,
+                        }
+                        .filter(|_| {
+                            e.labels
+                                .metric_name()
+                                .unwrap_or("")
+                                .starts_with(family.as_str())
+                        });
+                        would == applied
+                    }
+                };
+                if valid {
+                    let (t, v) = parse_tail(line, end, om).map_err(err)?;
+                    e.seen = g;
+                    out.push((e.labels.clone(), t.unwrap_or(default_time_ms), v));
+                    continue;
+                }
+            }
+        }
+        let (series_end, t, v) = parse_sample(line, om, &mut pairs).map_err(err)?;
+        // le/quantile normalisation applies only inside the declared family.
+        let mut applied = None;
+        if let Some(ln) = norm_label(kind) {
+            // The name was pushed last by parse_sample.
+            let name = pairs.last().map(|(_, v)| &**v).unwrap_or("");
             if name.starts_with(family.as_str()) {
                 for (n, val) in pairs.iter_mut() {
                     if &**n == ln {
+                        applied = Some(kind);
                         if let Some(f) = parse_float(val) {
                             *val = format_openmetrics_float(f).into();
                         }
@@ -112,19 +320,44 @@ pub fn parse(
                 }
             }
         }
-        out.push((
-            Labels::new(pairs.drain(..)),
-            t.unwrap_or(default_time_ms),
-            v,
-        ));
+        let (has_le, has_quantile) = pairs.iter().fold((false, false), |(l, q), (n, _)| {
+            (l || &**n == "le", q || &**n == "quantile")
+        });
+        let mut labels = Labels::new(pairs.drain(..));
+        if let Some(c) = cache.as_deref_mut() {
+            if let Some(target) = &c.target {
+                labels = labels.merged(target);
+            }
+            // Cache only when the cheap key scan agrees with the parser.
+            if key_end == Some(series_end) {
+                let norm = if has_le || has_quantile {
+                    Norm::Sensitive {
+                        has_le,
+                        has_quantile,
+                        applied,
+                    }
+                } else {
+                    Norm::Insensitive
+                };
+                c.entries.insert(
+                    line[..series_end].into(),
+                    CacheEntry {
+                        labels: labels.clone(),
+                        norm,
+                        seen: c.generation,
+                    },
+                );
+            }
+        }
+        out.push((labels, t.unwrap_or(default_time_ms), v));
     }
     if om && !eof {
         return Err(ParseError {
-            line: n_lines,
+            line: text.split('\n').count(),
             msg: "OpenMetrics body does not end with # EOF".into(),
         });
     }
-    Ok(out)
+    Ok(())
 }
 
 fn unquote_name(s: &str) -> String {
@@ -232,12 +465,13 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Parses one sample line into `pairs` (name last) and returns (timestamp, value).
+/// Parses one sample line into `pairs` (name last) and returns the end of
+/// the series part (`name{...}`), the timestamp and the value.
 fn parse_sample(
     line: &str,
     om: bool,
     pairs: &mut Vec<(Arc<str>, Arc<str>)>,
-) -> Result<(Option<i64>, f64), String> {
+) -> Result<(usize, Option<i64>, f64), String> {
     pairs.clear();
     let mut c = Cursor { s: line, pos: 0 };
     let mut name: Option<Arc<str>> = None;
@@ -248,9 +482,8 @@ fn parse_sample(
                 .into(),
         );
     }
-    let before = c.pos;
+    let mut series_end = c.pos;
     c.skip_ws();
-    let mut separated = c.pos > before;
     if c.peek() == Some(b'{') {
         c.pos += 1;
         loop {
@@ -297,7 +530,7 @@ fn parse_sample(
                 _ => return Err(format!("expected ',' or '}}' at column {}", c.pos + 1)),
             }
         }
-        separated = matches!(c.peek(), Some(b' ' | b'\t'));
+        series_end = c.pos;
     }
     let name = match name {
         Some(n) => n,
@@ -306,7 +539,16 @@ fn parse_sample(
             None => return Err("sample without metric name".into()),
         },
     };
-    if !separated {
+    let (ts, v) = parse_tail(line, series_end, om)?;
+    pairs.push((METRIC_NAME.into(), name));
+    Ok((series_end, ts, v))
+}
+
+/// Parses what follows the series part of a sample line: whitespace, the
+/// value, an optional timestamp, and (OpenMetrics) an exemplar.
+fn parse_tail(line: &str, pos: usize, om: bool) -> Result<(Option<i64>, f64), String> {
+    let mut c = Cursor { s: line, pos };
+    if !matches!(c.peek(), Some(b' ' | b'\t')) {
         return Err(format!(
             "expected whitespace before the value at column {}",
             c.pos + 1
@@ -345,26 +587,30 @@ fn parse_sample(
             ))
         }
     }
-    pairs.push((METRIC_NAME.into(), name));
     Ok((ts, v))
 }
 
 /// Parses a float like Go's `strconv.ParseFloat` (NaN, ±Inf, exponents).
 pub(crate) fn parse_float(s: &str) -> Option<f64> {
-    let lower = s.to_ascii_lowercase();
-    match lower.as_str() {
-        "nan" => Some(f64::NAN),
-        "inf" | "+inf" | "infinity" | "+infinity" => Some(f64::INFINITY),
-        "-inf" | "-infinity" => Some(f64::NEG_INFINITY),
-        _ => {
-            if s.bytes()
-                .any(|b| !(b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-')))
-            {
-                return None;
-            }
-            s.parse::<f64>().ok()
-        }
+    // Numbers first, without allocating: this runs once per sample.
+    if s.bytes()
+        .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
+    {
+        return s.parse::<f64>().ok();
     }
+    const SPECIAL: [(&str, f64); 7] = [
+        ("nan", f64::NAN),
+        ("inf", f64::INFINITY),
+        ("+inf", f64::INFINITY),
+        ("infinity", f64::INFINITY),
+        ("+infinity", f64::INFINITY),
+        ("-inf", f64::NEG_INFINITY),
+        ("-infinity", f64::NEG_INFINITY),
+    ];
+    SPECIAL
+        .iter()
+        .find(|(name, _)| s.eq_ignore_ascii_case(name))
+        .map(|&(_, v)| v)
 }
 
 /// Formats like Go's `strconv.FormatFloat(f, 'g', -1, 64)`: shortest
@@ -541,6 +787,94 @@ mod tests {
         ] {
             let e = parse(&format!("ok 1\n{bad}\n"), None, 0).unwrap_err();
             assert_eq!(e.line, 2, "{bad}: {e}");
+        }
+    }
+
+    /// `parse` then `merged`: what the cache must equal.
+    fn slow(text: &str, ct: Option<&str>, target: &Labels) -> Vec<(Labels, i64, f64)> {
+        let mut v = parse(text, ct, 5).unwrap();
+        for s in &mut v {
+            s.0 = s.0.merged(target);
+        }
+        v
+    }
+
+    fn cached(
+        c: &mut ScrapeCache,
+        text: &str,
+        ct: Option<&str>,
+        target: &Labels,
+    ) -> Vec<(Labels, i64, f64)> {
+        let mut out = Vec::new();
+        c.parse(text, ct, 5, target, &mut out).unwrap();
+        out
+    }
+
+    fn same(a: &[(Labels, i64, f64)], b: &[(Labels, i64, f64)]) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert_eq!(x.0, y.0);
+            assert_eq!(x.0.hash_value(), y.0.hash_value());
+            assert_eq!((x.1, x.2.to_bits()), (y.1, y.2.to_bits()));
+        }
+    }
+
+    #[test]
+    fn scrape_cache_equals_parse_and_merge() {
+        let t1 = Labels::from_pairs(&[("service", "s"), ("instance", "i1"), ("a", "target")]);
+        let t2 = Labels::from_pairs(&[("service", "s"), ("instance", "i2")]);
+        let scrapes = [
+            "# TYPE rpc histogram\nrpc_bucket{le=\"1\"} 1\nrpc_bucket {le=\"+Inf\"}\t2 77\nrpc_sum 3\n\
+             x{a=\"b\",c=\"q}\\\"x\"} 1\n{\"u.v\", le=\"1\"} 4\nplain 1e3\n",
+            // Same series, new values; one gone; the `# TYPE` context changed
+            // for `rpc_bucket`, so its `le` must no longer be normalised.
+            "# TYPE rpc gauge\nrpc_bucket{le=\"1\"} 5\nrpc_bucket {le=\"+Inf\"}\t6 78\n\
+             x{a=\"b\",c=\"q}\\\"x\"} NaN\n{\"u.v\", le=\"1\"} -Inf\nplain 2\n",
+            "# TYPE rpc histogram\nrpc_bucket{le=\"1\"} 7\nplain 3\nnew{z=\"1\"} 0\n",
+            "# TYPE rpc summary\nrpc_bucket{le=\"1\"} 8\nrpc{quantile=\"1\"} 1\n",
+        ];
+        let mut c = ScrapeCache::new();
+        for target in [&t1, &t1, &t2] {
+            for text in scrapes {
+                same(
+                    &cached(&mut c, text, None, target),
+                    &slow(text, None, target),
+                );
+                assert!(c.len() <= slow(text, None, target).len());
+            }
+        }
+        let om = Some("application/openmetrics-text");
+        let text = "foo_total{a=\"b\"} 17.0 1520879607.789 # {id=\"x\"} 1\n# EOF\n";
+        for _ in 0..2 {
+            same(&cached(&mut c, text, om, &t1), &slow(text, om, &t1));
+        }
+        // A target that names series takes the uncached path, same result.
+        let named = Labels::from_pairs(&[("__name__", "n"), ("service", "s")]);
+        same(
+            &cached(&mut c, scrapes[0], None, &named),
+            &slow(scrapes[0], None, &named),
+        );
+    }
+
+    #[test]
+    fn scrape_cache_errors_like_parse() {
+        let t = Labels::from_pairs(&[("service", "s")]);
+        let mut c = ScrapeCache::new();
+        cached(&mut c, "x{a=\"1\"} 1\ny 2\n", None, &t);
+        // Known series with a bad tail still fail, on the same line, and
+        // nothing is appended.
+        for bad in [
+            "x{a=\"1\"}1",
+            "x{a=\"1\"} abc",
+            "y 1 2 3",
+            "y",
+            "x{a=\"1\"} 1 1.5",
+        ] {
+            let text = format!("y 1\n{bad}\n");
+            let mut out = Vec::new();
+            let e = c.parse(&text, None, 0, &t, &mut out).unwrap_err();
+            assert_eq!(e, parse(&text, None, 0).unwrap_err(), "{bad}");
+            assert!(out.is_empty());
         }
     }
 

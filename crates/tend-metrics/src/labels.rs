@@ -142,6 +142,38 @@ impl Labels {
         Labels::from_sorted(v)
     }
 
+    /// A copy with every label of `over` set, replacing same-named ones: the
+    /// scrape path's "add the target's labels", in one allocation and no
+    /// string copies (both sides are sorted: a merge).
+    pub fn merged(&self, over: &Labels) -> Labels {
+        let (a, b) = (&self.0.pairs, &over.0.pairs);
+        let mut out = Vec::with_capacity(a.len() + b.len());
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() || j < b.len() {
+            match (a.get(i), b.get(j)) {
+                (Some(x), Some(y)) if x.name < y.name => {
+                    out.push(x.clone());
+                    i += 1;
+                }
+                (Some(x), Some(y)) if x.name == y.name => {
+                    out.push(y.clone());
+                    i += 1;
+                    j += 1;
+                }
+                (_, Some(y)) => {
+                    out.push(y.clone());
+                    j += 1;
+                }
+                (Some(x), None) => {
+                    out.push(x.clone());
+                    i += 1;
+                }
+                (None, None) => break,
+            }
+        }
+        Labels::from_sorted(out)
+    }
+
     /// A copy without the given names.
     pub fn without(&self, names: &[&str]) -> Labels {
         if !self.0.pairs.iter().any(|l| names.contains(&&*l.name)) {
@@ -327,6 +359,30 @@ pub(crate) type LabelsMap<K, V> = std::collections::HashMap<K, V, BuildIdentity>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merged_is_with_applied_for_every_label() {
+        let base = Labels::from_pairs(&[
+            ("__name__", "x"),
+            ("instance", "own"),
+            ("z", "1"),
+            ("b", "2"),
+        ]);
+        for over in [
+            Labels::from_pairs(&[("instance", "i"), ("service", "s"), ("a", "0")]),
+            Labels::from_pairs(&[("zz", "9")]),
+            Labels::empty(),
+        ] {
+            let mut want = base.clone();
+            for (k, v) in over.iter() {
+                want = want.with(k, v);
+            }
+            let got = base.merged(&over);
+            assert_eq!(got, want);
+            assert_eq!(got.hash_value(), want.hash_value());
+            assert_eq!(Labels::empty().merged(&over), over);
+        }
+    }
 
     #[test]
     fn sorted_dedup_and_empty_values_dropped() {

@@ -25,6 +25,7 @@ mod head;
 mod index;
 mod labels;
 pub mod promql;
+pub mod remote_write;
 mod wal;
 
 use std::collections::{BTreeMap, BTreeSet};

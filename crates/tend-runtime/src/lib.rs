@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod process;
+pub mod relay;
 
 pub use process::ProcessRuntime;
 
@@ -36,6 +37,9 @@ pub struct InstanceSpec {
     pub command: String,
     /// The release's environment; the driver adds PORT, TEND_SERVICE, TEND_RELEASE, TEND_INSTANCE.
     pub env: BTreeMap<String, String>,
+    /// Names of `env` entries whose values are secrets: the driver keeps those
+    /// values out of the output files (see [`relay`]).
+    pub redact: Vec<String>,
     /// The port the instance must listen on (passed as `PORT`).
     pub port: u16,
     /// Memory limit in bytes.
@@ -93,6 +97,22 @@ pub struct Stats {
     pub open_fds: u64,
     /// Threads.
     pub threads: u64,
+    /// The instance's cgroup v2 accounting, when it runs in one.
+    #[serde(default)]
+    pub cgroup: Option<CgroupStats>,
+}
+
+/// Accounting of an instance's cgroup v2 (what cAdvisor reports per container).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CgroupStats {
+    /// `memory.current`: memory charged to the cgroup (page cache included), in bytes.
+    pub memory_bytes: u64,
+    /// `cpu.stat` `usage_usec`, in seconds: includes processes that already exited.
+    pub cpu_seconds: f64,
+    /// `cpu.stat` `throttled_usec`, in seconds: time held back by `cpu.max`.
+    pub cpu_throttled_seconds: f64,
+    /// `memory.events` `oom_kill`: processes killed for exceeding `memory.max`.
+    pub oom_kills: u64,
 }
 
 /// What a driver can do on this machine.

@@ -84,6 +84,21 @@ impl Caller {
     }
 }
 
+/// The password of `Authorization: Basic ...`: tools that only speak basic
+/// auth (promtool, some Grafana setups) send the token as the password, with
+/// any user name.
+fn basic_password(header: &str) -> Option<String> {
+    let encoded = header
+        .strip_prefix("Basic ")
+        .or_else(|| header.strip_prefix("basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    text.split_once(':')
+        .map(|(_, password)| password.to_string())
+}
+
 fn client_addr(parts: &Parts) -> Option<String> {
     parts
         .extensions
@@ -103,8 +118,10 @@ impl FromRequestParts<AppState> for Caller {
         let token = header.and_then(|h| {
             h.strip_prefix("Bearer ")
                 .or_else(|| h.strip_prefix("bearer "))
+                .map(str::to_string)
+                .or_else(|| basic_password(h))
         });
-        let failure = match token.map(str::trim) {
+        let failure = match token.as_deref().map(str::trim) {
             None => Some(
                 "missing token: send `Authorization: Bearer <token>` (tend login, or TEND_TOKEN)"
                     .to_string(),

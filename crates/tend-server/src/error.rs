@@ -37,6 +37,9 @@ pub enum ApiError {
     /// 422: the manifest does not validate.
     #[error("{}", .0.render(false))]
     InvalidManifest(Box<tend_manifest::ManifestError>),
+    /// 503: a facility the request needs is not available (e.g. no master key for secrets).
+    #[error("{0}")]
+    Unavailable(String),
     /// 500: the server failed (storage, I/O). Never caused by input.
     #[error("internal error: {0}")]
     Internal(String),
@@ -56,6 +59,7 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             Self::InvalidManifest(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_manifest"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

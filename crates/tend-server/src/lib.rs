@@ -5,6 +5,7 @@
 //! in the same store transaction as the change ([`audit`]). This crate is the only
 //! one that knows HTTP on the control-plane side.
 
+mod alerts;
 pub mod auth;
 pub mod db;
 pub mod error;
@@ -13,6 +14,7 @@ mod logs;
 mod metrics;
 mod openapi;
 mod routes;
+mod ui;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,6 +24,7 @@ use tend_store::{NewToken, Store};
 use tokio::net::TcpListener;
 
 pub use openapi::openapi_json;
+pub use tend_metrics::remote_write::RemoteWriteConfig;
 
 /// Name of the file, in the data directory, that holds the first admin token.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -48,6 +51,15 @@ pub struct ServerConfig {
     pub scrape_interval: std::time::Duration,
     /// Where to push every log line as well (Loki's base URL), if anywhere.
     pub logs_loki_url: Option<String>,
+    /// The master key file of secrets; `None`: `<data_dir>/master.key`,
+    /// created at first start. A given file is never created.
+    pub master_key_file: Option<PathBuf>,
+    /// Where to send every collected sample as well (Prometheus remote write), if anywhere.
+    pub metrics_remote_write: Option<RemoteWriteConfig>,
+    /// How often every alert rule is evaluated.
+    pub alert_interval: std::time::Duration,
+    /// Where PagerDuty events go instead of PagerDuty's Events API (tests, proxies).
+    pub pagerduty_url: Option<String>,
 }
 
 impl ServerConfig {
@@ -62,6 +74,10 @@ impl ServerConfig {
             build_timeout: std::time::Duration::from_secs(15 * 60),
             scrape_interval: std::time::Duration::from_secs(10),
             logs_loki_url: None,
+            master_key_file: None,
+            metrics_remote_write: None,
+            alert_interval: std::time::Duration::from_secs(5),
+            pagerduty_url: None,
         }
     }
 }
@@ -122,6 +138,10 @@ pub struct AppState {
     pub tsdb: tend_metrics::Tsdb,
     /// The router (its traffic metrics).
     pub router: tend_router::Router,
+    /// The master key that seals and opens secrets (or why there is none).
+    pub secrets: Arc<tend_secrets::Vault>,
+    /// The export of collected samples, when configured.
+    pub remote_write: Option<tend_metrics::remote_write::RemoteWriter>,
 }
 
 /// A bound, not yet serving, server.
@@ -162,11 +182,26 @@ impl Server {
         .await
         .map_err(|e| StartError::Logs(e.to_string()))?
         .map_err(|e| StartError::Logs(e.to_string()))?;
-        let runtime = tend_runtime::ProcessRuntime::new(config.data_dir.join("instances"))
-            .map_err(|e| StartError::Deploy(e.to_string()))?;
+        let secrets = Arc::new(match &config.master_key_file {
+            Some(path) => tend_secrets::Vault::load(path, false),
+            None => tend_secrets::Vault::load(&config.data_dir.join(tend_secrets::KEY_FILE), true),
+        });
+        if let Err(why) = secrets.status() {
+            // The platform runs; only secret operations are refused, saying why.
+            tracing::warn!("{why}");
+        }
+        let mut process_runtime =
+            tend_runtime::ProcessRuntime::new(config.data_dir.join("instances"))
+                .map_err(|e| StartError::Deploy(e.to_string()))?;
+        // The output relay of instances with secrets is this very binary.
+        if let Ok(exe) = std::env::current_exe() {
+            process_runtime = process_runtime
+                .with_output_relay(exe, vec![tend_runtime::relay::RELAY_ARG.to_string()]);
+        }
+        let runtime: Arc<dyn tend_runtime::Runtime> = Arc::new(process_runtime);
         let deployer = tend_deploy::Deployer::start(
             store.clone(),
-            Arc::new(runtime),
+            runtime.clone(),
             tend_deploy::DeployConfig {
                 keep_releases: config.keep_releases,
                 build_timeout: config.build_timeout,
@@ -175,6 +210,7 @@ impl Server {
             Some(Arc::new(logs::LogsSink(logs.clone()))),
         )
         .map_err(|e| StartError::Deploy(e.to_string()))?;
+        deployer.set_secrets(secrets.clone());
         logs::spawn_event_tailer(store.clone(), logs.clone());
         let router = tend_router::Router::bind(
             tend_router::RouterConfig::new(config.router_listen),
@@ -193,13 +229,24 @@ impl Server {
         .await
         .map_err(|e| StartError::Metrics(e.to_string()))?
         .map_err(|e| StartError::Metrics(e.to_string()))?;
-        metrics::spawn_collector(
-            tsdb.clone(),
-            store.clone(),
-            deployer.routes(),
-            router.clone(),
-            config.scrape_interval,
-        );
+        let remote_write = match &config.metrics_remote_write {
+            Some(cfg) => Some(
+                tend_metrics::remote_write::RemoteWriter::start(cfg.clone())
+                    .map_err(|e| StartError::Metrics(e.to_string()))?,
+            ),
+            None => None,
+        };
+        metrics::spawn_collector(metrics::CollectorDeps {
+            tsdb: tsdb.clone(),
+            store: store.clone(),
+            routes: deployer.routes(),
+            router: router.clone(),
+            runtime,
+            interval: config.scrape_interval,
+            remote_write: remote_write.clone(),
+        });
+        let api_addr = listener.local_addr().unwrap_or(config.listen);
+        alerts::spawn_engine(config, api_addr, store.clone(), tsdb.clone(), logs.clone());
         Ok(Self {
             listener,
             router: router.clone(),
@@ -210,6 +257,8 @@ impl Server {
                 logs,
                 tsdb,
                 router: router.clone(),
+                remote_write,
+                secrets,
             },
             body_limit: config.body_limit,
             bootstrap_token,
@@ -242,7 +291,10 @@ impl Server {
         };
         let router = tokio::spawn(self.router.serve(stopped(stop_rx.clone())));
         let logs = self.state.logs.clone();
-        let app = routes::router(self.state, self.body_limit);
+        let app = ui::mount(
+            routes::router(self.state.clone(), self.body_limit),
+            self.state,
+        );
         let api = axum::serve(
             self.listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -1,21 +1,44 @@
 //! Wiring of the metrics product: what is collected into the time-series
 //! store, with no setup by the teams.
 //!
-//! Every scrape interval: each ready instance's own `/metrics` (Prometheus
-//! text or OpenMetrics; `up` and `scrape_duration_seconds` recorded like
-//! Prometheus does), and the router's traffic metrics. Every series gets the
-//! `service`, `team`, `release` and `instance` labels of where it came from.
+//! Every scrape interval:
+//! - each instance's resource usage, read by the runtime from `/proc` (and its
+//!   cgroup v2 where it has one), named like Prometheus's process collector
+//!   and cAdvisor (`process_cpu_seconds_total`, `container_memory_usage_bytes`,
+//!   ...), with its restarts and whether it runs and is ready. These carry
+//!   `job="runtime"`, so they never collide with the `process_*` series a
+//!   service's own client library exports;
+//! - the own metrics endpoint (manifest `[metrics] path`, Prometheus text or
+//!   OpenMetrics) of each ready instance of a service that has one, at the
+//!   service's `[metrics] interval` (rounded up to whole ticks); `up` and
+//!   `scrape_duration_seconds` are recorded like Prometheus does;
+//! - the router's traffic metrics.
+//!
+//! Every series gets the `service`, `team`, `release` and `instance` labels of
+//! where it came from. As in Prometheus, a series that a target stops
+//! reporting (or a target that goes away or fails its scrape) gets a stale
+//! marker, so queries stop seeing it at once instead of for the 5 min lookback.
+//! Each batch goes to the TSDB and, when configured, to the remote-write queue.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tend_core::model::InstanceState;
 use tend_core::routing::RoutingTable;
-use tend_metrics::{exposition, Labels, Tsdb};
+use tend_manifest::{MetricsSection, ServiceSpec};
+use tend_metrics::remote_write::RemoteWriter;
+use tend_metrics::{exposition, Labels, Tsdb, STALE_NAN_BITS};
+use tend_runtime::{Handle, Runtime};
 use tend_store::Store;
 
 /// Longest a scrape of one instance may take.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The value of the `job` label on series the platform measures itself.
+const RUNTIME_JOB: &str = "runtime";
+
+type Sample = (Labels, i64, f64);
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -24,24 +47,47 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// `labels` with the target's identity labels set (they win over the
-/// target's own labels of the same names, as they say where it came from).
-fn with_target(labels: &Labels, target: &[(&str, &str)]) -> Labels {
-    let mut out = labels.clone();
-    for (k, v) in target {
-        out = out.with(k, v);
-    }
-    out
+/// What the collector needs from the rest of the server.
+pub(crate) struct CollectorDeps {
+    pub tsdb: Tsdb,
+    pub store: Arc<Store>,
+    pub routes: tokio::sync::watch::Receiver<RoutingTable>,
+    pub router: tend_router::Router,
+    pub runtime: Arc<dyn Runtime>,
+    pub interval: Duration,
+    pub remote_write: Option<RemoteWriter>,
 }
 
-/// Starts the collector: scrapes every `interval` until the process ends.
-pub(crate) fn spawn_collector(
-    tsdb: Tsdb,
-    store: Arc<Store>,
-    routes: tokio::sync::watch::Receiver<RoutingTable>,
-    router: tend_router::Router,
-    interval: Duration,
-) {
+/// Who a set of series came from, for staleness: an instance's endpoint, an
+/// instance's resource usage, or the router.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Source {
+    Scrape(String),
+    Runtime(String),
+    Router,
+}
+
+/// What one store read tells the collector.
+struct Snapshot {
+    owners: HashMap<String, String>,
+    instances: Vec<tend_store::InstanceRecord>,
+    /// `[metrics]` of the releases asked for that were not cached yet.
+    specs: Vec<((String, u32), Option<MetricsSection>)>,
+}
+
+struct Collector {
+    deps: CollectorDeps,
+    http: reqwest::Client,
+    /// `[metrics]` per (service, release): releases are immutable.
+    specs: HashMap<(String, u32), Option<MetricsSection>>,
+    /// When each instance's endpoint was last scraped.
+    last_scrape: HashMap<String, Instant>,
+    /// The series each source reported last time.
+    seen: HashMap<Source, HashSet<Labels>>,
+}
+
+/// Starts the collector: collects every `interval` until the process ends.
+pub(crate) fn spawn_collector(deps: CollectorDeps) {
     tokio::spawn(async move {
         let http = match reqwest::Client::builder()
             .timeout(SCRAPE_TIMEOUT)
@@ -54,113 +100,299 @@ pub(crate) fn spawn_collector(
                 return;
             }
         };
-        let mut tick = tokio::time::interval(interval);
+        let mut c = Collector {
+            deps,
+            http,
+            specs: HashMap::new(),
+            last_scrape: HashMap::new(),
+            seen: HashMap::new(),
+        };
+        let mut tick = tokio::time::interval(c.deps.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let table = routes.borrow().clone();
-            let s = store.clone();
-            let owners: HashMap<String, String> =
-                match tokio::task::spawn_blocking(move || s.read(|tx| tx.services(None))).await {
-                    Ok(Ok(list)) => list
-                        .into_iter()
-                        .map(|r| (r.name.to_string(), r.owner.to_string()))
-                        .collect(),
-                    _ => continue,
-                };
-            let mut batch: Vec<(Labels, i64, f64)> = Vec::new();
-            let mut scrapes = tokio::task::JoinSet::new();
-            for (service, route) in table.iter() {
-                let team = owners.get(service).cloned().unwrap_or_default();
-                for ep in &route.endpoints {
-                    let http = http.clone();
-                    let (service, team, instance, release, addr) = (
-                        service.clone(),
-                        team.clone(),
-                        ep.instance.clone(),
-                        ep.release.to_string(),
-                        ep.addr,
-                    );
-                    scrapes.spawn(async move {
-                        let t0 = Instant::now();
-                        let ts = now_ms();
-                        let result = async {
-                            let resp = http
-                                .get(format!("http://{addr}/metrics"))
-                                .send()
-                                .await
-                                .ok()?;
-                            if !resp.status().is_success() {
-                                return None;
-                            }
-                            let ct = resp
-                                .headers()
-                                .get(reqwest::header::CONTENT_TYPE)
-                                .and_then(|v| v.to_str().ok())
-                                .map(str::to_string);
-                            let text = resp.text().await.ok()?;
-                            exposition::parse(&text, ct.as_deref(), ts).ok()
-                        }
-                        .await;
-                        let target = [
-                            ("service", service.as_str()),
-                            ("team", team.as_str()),
-                            ("release", release.as_str()),
-                            ("instance", instance.as_str()),
-                        ];
-                        let mut out: Vec<(Labels, i64, f64)> = result
-                            .as_deref()
-                            .unwrap_or_default()
-                            .iter()
-                            .map(|(l, t, v)| (with_target(l, &target), *t, *v))
-                            .collect();
-                        let base = Labels::from_pairs(&target);
-                        out.push((
-                            base.with("__name__", "up"),
-                            ts,
-                            if result.is_some() { 1.0 } else { 0.0 },
-                        ));
-                        out.push((
-                            base.with("__name__", "scrape_duration_seconds"),
-                            ts,
-                            t0.elapsed().as_secs_f64(),
-                        ));
-                        out
-                    });
-                }
-            }
-            while let Some(r) = scrapes.join_next().await {
-                if let Ok(samples) = r {
-                    batch.extend(samples);
-                }
-            }
-            // The router's traffic metrics, per service and instance.
-            let mut text = String::new();
-            router.render_prometheus(&mut text);
-            let ts = now_ms();
-            if let Ok(samples) = exposition::parse(&text, None, ts) {
-                for (l, t, v) in samples {
-                    let team = l.get("service").and_then(|s| owners.get(s)).cloned();
-                    let l = match team {
-                        Some(team) => l.with("team", &team),
-                        None => l,
-                    };
-                    batch.push((l, t, v));
-                }
-            }
-            let db = tsdb.clone();
-            match tokio::task::spawn_blocking(move || db.append(&batch)).await {
-                Ok(Ok(st)) if st.rejected > 0 => {
-                    tracing::warn!(
-                        rejected = st.rejected,
-                        "series over the per-service cardinality limit were dropped"
-                    )
-                }
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot store scraped samples"),
-                _ => {}
-            }
+            c.collect().await;
         }
     });
+}
+
+impl Collector {
+    async fn collect(&mut self) {
+        let table = self.deps.routes.borrow().clone();
+        let wanted: Vec<(String, u32)> = table
+            .iter()
+            .flat_map(|(svc, route)| {
+                route
+                    .endpoints
+                    .iter()
+                    .map(move |ep| (svc.clone(), ep.release))
+            })
+            .filter(|k| !self.specs.contains_key(k))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let store = self.deps.store.clone();
+        let snap = match tokio::task::spawn_blocking(move || read_snapshot(&store, wanted)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "metrics collector cannot read the store");
+                return;
+            }
+            Err(_) => return,
+        };
+        self.specs.extend(snap.specs);
+        let mut batch: Vec<Sample> = Vec::new();
+        let mut reported: HashMap<Source, HashSet<Labels>> = HashMap::new();
+
+        // Each instance's resource usage.
+        let mut stats = tokio::task::JoinSet::new();
+        for rec in &snap.instances {
+            let Some(handle) = rec
+                .handle
+                .as_deref()
+                .and_then(|h| serde_json::from_str::<Handle>(h).ok())
+            else {
+                continue;
+            };
+            if matches!(
+                rec.instance.state,
+                InstanceState::Pending | InstanceState::Crashed
+            ) {
+                continue;
+            }
+            let runtime = self.deps.runtime.clone();
+            let service = rec.service.to_string();
+            let team = snap.owners.get(&service).cloned().unwrap_or_default();
+            let inst = rec.instance.clone();
+            stats.spawn(async move {
+                let ts = now_ms();
+                let st = runtime.stats(&handle).await.ok();
+                let release = inst.release.to_string();
+                let base = Labels::from_pairs(&[
+                    ("service", &service),
+                    ("team", &team),
+                    ("release", &release),
+                    ("instance", &inst.id),
+                    ("job", RUNTIME_JOB),
+                ]);
+                let mut out = Vec::new();
+                let mut put = |name: &str, v: f64| out.push((base.with("__name__", name), ts, v));
+                put("tend_instance_running", f64::from(u8::from(st.is_some())));
+                put(
+                    "tend_instance_ready",
+                    f64::from(u8::from(inst.state == InstanceState::Ready)),
+                );
+                put("tend_instance_restarts_total", f64::from(inst.restarts));
+                if let Some(started) = inst.started_at {
+                    put(
+                        "process_start_time_seconds",
+                        started.as_millis() as f64 / 1e3,
+                    );
+                }
+                if let Some(st) = st {
+                    put("process_cpu_seconds_total", st.cpu_seconds);
+                    put("process_resident_memory_bytes", st.rss_bytes as f64);
+                    put("process_open_fds", st.open_fds as f64);
+                    put("process_threads", st.threads as f64);
+                    if let Some(cg) = st.cgroup {
+                        put("container_memory_usage_bytes", cg.memory_bytes as f64);
+                        put("container_cpu_usage_seconds_total", cg.cpu_seconds);
+                        put(
+                            "container_cpu_cfs_throttled_seconds_total",
+                            cg.cpu_throttled_seconds,
+                        );
+                        put("container_oom_events_total", cg.oom_kills as f64);
+                    }
+                }
+                (Source::Runtime(inst.id.clone()), out)
+            });
+        }
+
+        // The own endpoints of services that declare one.
+        let mut scrapes = tokio::task::JoinSet::new();
+        let mut live_targets = HashSet::new();
+        for (service, route) in table.iter() {
+            let team = snap.owners.get(service).cloned().unwrap_or_default();
+            for ep in &route.endpoints {
+                let key = (service.clone(), ep.release);
+                let Some(Some(m)) = self.specs.get(&key) else {
+                    continue;
+                };
+                live_targets.insert(ep.instance.clone());
+                let every = m.interval.unwrap_or(self.deps.interval);
+                // Half a tick of slack: ticks are not exactly `interval` apart.
+                let due = self
+                    .last_scrape
+                    .get(&ep.instance)
+                    .is_none_or(|t| t.elapsed() + self.deps.interval / 2 >= every);
+                if !due {
+                    // Not scraped this time: its series are not stale.
+                    if let Some(prev) = self.seen.get(&Source::Scrape(ep.instance.clone())) {
+                        reported.insert(Source::Scrape(ep.instance.clone()), prev.clone());
+                    }
+                    continue;
+                }
+                self.last_scrape.insert(ep.instance.clone(), Instant::now());
+                let url = format!("http://{}{}", ep.addr, m.path);
+                let (http, team, instance, release, service) = (
+                    self.http.clone(),
+                    team.clone(),
+                    ep.instance.clone(),
+                    ep.release.to_string(),
+                    service.clone(),
+                );
+                scrapes.spawn(async move {
+                    let out = scrape(&http, &url, &service, &team, &release, &instance).await;
+                    (Source::Scrape(instance), out)
+                });
+            }
+        }
+        self.last_scrape.retain(|k, _| live_targets.contains(k));
+
+        for joined in [stats.join_all().await, scrapes.join_all().await] {
+            for (source, samples) in joined {
+                reported.insert(source, samples.iter().map(|s| s.0.clone()).collect());
+                batch.extend(samples);
+            }
+        }
+
+        // The router's traffic metrics, per service and instance.
+        let mut text = String::new();
+        self.deps.router.render_prometheus(&mut text);
+        let ts = now_ms();
+        if let Ok(samples) = exposition::parse(&text, None, ts) {
+            let mut seen = HashSet::with_capacity(samples.len());
+            for (l, t, v) in samples {
+                let team = l.get("service").and_then(|s| snap.owners.get(s)).cloned();
+                let l = match team {
+                    Some(team) => l.with("team", &team),
+                    None => l,
+                };
+                seen.insert(l.clone());
+                batch.push((l, t, v));
+            }
+            reported.insert(Source::Router, seen);
+        }
+
+        // Stale markers for what was reported last time and not now.
+        let ts = now_ms();
+        let stale = f64::from_bits(STALE_NAN_BITS);
+        for (source, before) in &self.seen {
+            let now = reported.get(source);
+            for l in before {
+                if now.is_none_or(|n| !n.contains(l)) {
+                    batch.push((l.clone(), ts, stale));
+                }
+            }
+        }
+        self.seen = reported;
+
+        if let Some(rw) = &self.deps.remote_write {
+            rw.push(&batch);
+        }
+        let db = self.deps.tsdb.clone();
+        match tokio::task::spawn_blocking(move || db.append(&batch)).await {
+            Ok(Ok(st)) if st.rejected > 0 => {
+                tracing::warn!(
+                    rejected = st.rejected,
+                    "series over the per-service cardinality limit were dropped"
+                )
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot store collected samples"),
+            _ => {}
+        }
+    }
+}
+
+/// Owners, instance records and the `[metrics]` of releases not cached yet.
+fn read_snapshot(
+    store: &Store,
+    wanted: Vec<(String, u32)>,
+) -> Result<Snapshot, tend_store::StoreError> {
+    store.read(|tx| {
+        let owners = tx
+            .services(None)?
+            .into_iter()
+            .map(|r| (r.name.to_string(), r.owner.to_string()))
+            .collect();
+        let instances = tx.instances(None)?;
+        let mut specs = Vec::new();
+        for (service, release) in wanted {
+            let Ok(name) = tend_core::ServiceName::parse(&service) else {
+                continue;
+            };
+            let metrics = match tx.release(&name, release) {
+                Ok(r) => serde_json::from_str::<ServiceSpec>(&r.spec)
+                    .ok()
+                    .and_then(|s| s.metrics),
+                Err(tend_store::StoreError::NotFound { .. }) => None,
+                Err(e) => return Err(e),
+            };
+            specs.push(((service, release), metrics));
+        }
+        Ok(Snapshot {
+            owners,
+            instances,
+            specs,
+        })
+    })
+}
+
+/// Scrapes one instance's endpoint; always returns `up` and `scrape_duration_seconds`.
+async fn scrape(
+    http: &reqwest::Client,
+    url: &str,
+    service: &str,
+    team: &str,
+    release: &str,
+    instance: &str,
+) -> Vec<Sample> {
+    let t0 = Instant::now();
+    let ts = now_ms();
+    let result = async {
+        let resp = http.get(url).send().await.map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("HTTP {}", resp.status()));
+        }
+        let ct = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let text = resp.text().await.map_err(|e| e.to_string())?;
+        exposition::parse(&text, ct.as_deref(), ts).map_err(|e| e.to_string())
+    }
+    .await;
+    let target = [
+        ("service", service),
+        ("team", team),
+        ("release", release),
+        ("instance", instance),
+    ];
+    // The target's labels win over the service's own of the same names: they
+    // say where the series came from.
+    let base = Labels::from_pairs(&target);
+    let mut out: Vec<Sample> = match &result {
+        Ok(samples) => samples
+            .iter()
+            .map(|(l, t, v)| (l.merged(&base), *t, *v))
+            .collect(),
+        Err(e) => {
+            tracing::debug!(%url, error = %e, "scrape failed");
+            Vec::new()
+        }
+    };
+    out.push((
+        base.with("__name__", "up"),
+        ts,
+        if result.is_ok() { 1.0 } else { 0.0 },
+    ));
+    out.push((
+        base.with("__name__", "scrape_duration_seconds"),
+        ts,
+        t0.elapsed().as_secs_f64(),
+    ));
+    out
 }
 
 /// The platform's own metrics in the Prometheus text format, for
@@ -169,6 +401,7 @@ pub(crate) fn render_platform(
     router: &tend_router::Router,
     logs: &tend_logs::Logs,
     tsdb: &Tsdb,
+    remote_write: Option<&RemoteWriter>,
 ) -> String {
     use std::fmt::Write;
     let mut out = String::new();
@@ -229,6 +462,33 @@ pub(crate) fn render_platform(
         "Bytes of TSDB blocks and WAL on disk.",
         (t.disk_bytes + t.wal_bytes) as f64,
     );
+    if let Some(rw) = remote_write {
+        let st = rw.stats();
+        metric(
+            "tend_remote_write_samples_sent_total",
+            "counter",
+            "Samples the remote-write receiver accepted.",
+            st.sent as f64,
+        );
+        metric(
+            "tend_remote_write_samples_dropped_total",
+            "counter",
+            "Samples dropped by remote write: queue full or refused by the receiver.",
+            st.dropped as f64,
+        );
+        metric(
+            "tend_remote_write_retries_total",
+            "counter",
+            "Remote-write requests that failed and were retried.",
+            st.retries as f64,
+        );
+        metric(
+            "tend_remote_write_samples_pending",
+            "gauge",
+            "Samples waiting to be sent by remote write.",
+            st.pending as f64,
+        );
+    }
     let _ = writeln!(
         out,
         "# HELP tend_build_info The running tend.\n# TYPE tend_build_info gauge\ntend_build_info{{version=\"{}\"}} 1",

@@ -18,6 +18,7 @@ use utoipa::{Modify, OpenApi};
         (name = "deploy", description = "Releases, deployments and operations"),
         (name = "logs", description = "Every instance's output"),
         (name = "config", description = "Config vars, versioned with releases"),
+        (name = "alerts", description = "Incidents, on-call rotations and escalation"),
     )
 )]
 struct Base;

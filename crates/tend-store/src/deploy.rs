@@ -77,7 +77,7 @@ fn parse_state(s: &str) -> Result<DeploymentState> {
 }
 
 /// A release from the columns `version, artifact, description, created_at,
-/// created_by, config_version`.
+/// created_by, config_version, secrets_version`.
 fn release_row(r: &Row<'_>) -> rusqlite::Result<Release> {
     Ok(Release {
         version: r.get(0)?,
@@ -86,11 +86,12 @@ fn release_row(r: &Row<'_>) -> rusqlite::Result<Release> {
         created_at: ts(r.get(3)?),
         created_by: r.get(4)?,
         config_version: r.get(5)?,
+        secrets_version: r.get(6)?,
     })
 }
 
 const RELEASE_COLUMNS: &str =
-    "version, artifact, description, created_at, created_by, config_version";
+    "version, artifact, description, created_at, created_by, config_version, secrets_version";
 
 /// A release with what it runs: the spec (JSON) and the config vars.
 #[derive(Debug, Clone, PartialEq)]
@@ -223,7 +224,7 @@ fn build_instance(row: InstanceRow) -> Result<InstanceRecord> {
 }
 
 impl Tx<'_> {
-    fn service_id(&self, name: &ServiceName) -> Result<i64> {
+    pub(crate) fn service_id(&self, name: &ServiceName) -> Result<i64> {
         self.txn
             .query_row(
                 "SELECT id FROM services WHERE name = ?1",
@@ -267,6 +268,7 @@ impl Tx<'_> {
         let config = self.config(service)?;
         let vars =
             serde_json::to_string(&config.vars).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let (secrets_version, secrets) = self.secrets_snapshot(service)?;
         let sid = self.service_id(service)?;
         let version: u32 = self.txn.query_row(
             "SELECT COALESCE(MAX(version), 0) + 1 FROM releases WHERE service_id = ?1",
@@ -275,13 +277,15 @@ impl Tx<'_> {
         )?;
         self.txn.execute(
             "INSERT INTO releases(service_id, version, spec, artifact, description, created_at, created_by,
-                                  config, config_version)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![sid, version, spec, artifact, description, self.now.as_millis(), created_by, vars, config.version],
+                                  config, config_version, secrets, secrets_version)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![sid, version, spec, artifact, description, self.now.as_millis(), created_by, vars, config.version,
+                    secrets, secrets_version],
         )?;
         Ok(Release {
             version,
             config_version: config.version,
+            secrets_version,
             artifact: artifact.to_string(),
             description: description.to_string(),
             created_at: self.now,
@@ -309,7 +313,7 @@ impl Tx<'_> {
             .query_row(
                 &format!("SELECT {RELEASE_COLUMNS}, spec, config FROM releases WHERE service_id = ?1 AND version = ?2"),
                 params![sid, version],
-                |r| Ok((release_row(r)?, r.get(6)?, r.get(7)?)),
+                |r| Ok((release_row(r)?, r.get(7)?, r.get(8)?)),
             )
             .optional()?
             .ok_or_else(|| StoreError::NotFound {
@@ -366,7 +370,7 @@ impl Tx<'_> {
     }
 
     /// Records a release that runs an existing release's files and spec with
-    /// the service's current config vars (a config change).
+    /// the service's current config vars and secrets (a config or secrets change).
     pub fn create_config_release(
         &mut self,
         service: &ServiceName,

@@ -10,10 +10,12 @@
 //!
 //! No other crate writes SQL: callers get a [`Tx`] with domain methods.
 
+mod alerts;
 mod audit;
 mod deploy;
 mod events;
 mod migrations;
+mod secrets;
 mod services;
 mod teams;
 mod tokens;
@@ -25,8 +27,10 @@ use std::time::{Duration, SystemTime};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use tend_core::Timestamp;
 
+pub use alerts::{AlertUpsert, NewNotification, OutboxItem, Recorded, StateChange};
 pub use audit::AuditQuery;
 pub use deploy::{ConfigVars, Desired, InstanceRecord, ReleaseRecord};
+pub use secrets::{SecretMeta, SecretSet, StoredSecret};
 pub use services::{ServiceRecord, UpsertOutcome};
 pub use tokens::{NewToken, TokenLookup};
 

@@ -150,6 +150,145 @@ const MIGRATIONS: &[&str] = &[
         updated_by  TEXT
     ) STRICT;
     "#,
+    // v3: encrypted secrets per service, versioned with releases. Only
+    // ciphertexts and wrapped data keys: plaintext is never stored.
+    r#"
+    CREATE TABLE secret_data_keys (
+        id            TEXT PRIMARY KEY,
+        master_key_id TEXT NOT NULL,
+        nonce         BLOB NOT NULL,
+        wrapped       BLOB NOT NULL,
+        created_at    INTEGER NOT NULL
+    ) STRICT;
+
+    -- One row per value ever set: releases refer to (name, version).
+    CREATE TABLE secret_values (
+        id          INTEGER PRIMARY KEY,
+        service_id  INTEGER NOT NULL REFERENCES services(id) ON DELETE CASCADE,
+        name        TEXT NOT NULL,
+        version     INTEGER NOT NULL,
+        nonce       BLOB NOT NULL,
+        ciphertext  BLOB NOT NULL,
+        data_key_id TEXT NOT NULL REFERENCES secret_data_keys(id),
+        set_by      TEXT,
+        set_at      INTEGER NOT NULL,
+        UNIQUE (service_id, name, version)
+    ) STRICT;
+    -- Each value has a data key of its own: it goes with the value.
+    CREATE TRIGGER secret_values_drop_key AFTER DELETE ON secret_values BEGIN
+        DELETE FROM secret_data_keys WHERE id = OLD.data_key_id;
+    END;
+
+    -- The service's current secrets: name -> version, as JSON.
+    CREATE TABLE service_secrets (
+        service_id  INTEGER PRIMARY KEY REFERENCES services(id) ON DELETE CASCADE,
+        version     INTEGER NOT NULL,
+        entries     TEXT NOT NULL,
+        updated_at  INTEGER NOT NULL,
+        updated_by  TEXT
+    ) STRICT;
+
+    ALTER TABLE releases ADD COLUMN secrets_version INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE releases ADD COLUMN secrets TEXT NOT NULL DEFAULT '{}';
+    "#,
+    // v4: alerting — incidents with their alerts and timeline, the outbox
+    // of notifications (the delivery log), on-call rotations, overrides and
+    // escalation policies. Incidents keep service and team by name, like
+    // events: they outlive the service.
+    r#"
+    CREATE TABLE incidents (
+        id                 INTEGER PRIMARY KEY,
+        service            TEXT NOT NULL,
+        team               TEXT NOT NULL,
+        state              TEXT NOT NULL,
+        severity           TEXT NOT NULL,
+        title              TEXT NOT NULL,
+        context            TEXT NOT NULL DEFAULT '{}',
+        opened_at          INTEGER NOT NULL,
+        acked_at           INTEGER,
+        acked_by           TEXT,
+        resolved_at        INTEGER,
+        resolved_by        TEXT,
+        escalation_level   INTEGER NOT NULL DEFAULT 0,
+        escalation_round   INTEGER NOT NULL DEFAULT 0,
+        next_escalation_at INTEGER,
+        notified_state     TEXT,
+        updated_at         INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX incidents_open ON incidents(service) WHERE state != 'resolved';
+    CREATE INDEX incidents_team ON incidents(team, id);
+
+    CREATE TABLE incident_alerts (
+        incident_id INTEGER NOT NULL REFERENCES incidents(id) ON DELETE CASCADE,
+        fingerprint TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        severity    TEXT NOT NULL,
+        labels      TEXT NOT NULL,
+        annotations TEXT NOT NULL,
+        value       REAL NOT NULL,
+        status      TEXT NOT NULL,
+        starts_at   INTEGER NOT NULL,
+        ends_at     INTEGER,
+        PRIMARY KEY (incident_id, fingerprint)
+    ) STRICT;
+
+    CREATE TABLE incident_timeline (
+        id          INTEGER PRIMARY KEY,
+        incident_id INTEGER NOT NULL REFERENCES incidents(id) ON DELETE CASCADE,
+        time        INTEGER NOT NULL,
+        kind        TEXT NOT NULL,
+        actor       TEXT,
+        detail      TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX incident_timeline_incident ON incident_timeline(incident_id, id);
+
+    CREATE TABLE notifications (
+        id           INTEGER PRIMARY KEY,
+        incident_id  INTEGER NOT NULL REFERENCES incidents(id) ON DELETE CASCADE,
+        team         TEXT NOT NULL,
+        channel      TEXT NOT NULL,
+        kind         TEXT NOT NULL,
+        target       TEXT NOT NULL,
+        event        TEXT NOT NULL,
+        payload      TEXT NOT NULL,
+        status       TEXT NOT NULL,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        http_status  INTEGER,
+        last_error   TEXT,
+        created_at   INTEGER NOT NULL,
+        updated_at   INTEGER NOT NULL,
+        delivered_at INTEGER
+    ) STRICT;
+    CREATE INDEX notifications_incident ON notifications(incident_id, id);
+    CREATE INDEX notifications_queue ON notifications(status, id)
+        WHERE status IN ('pending', 'sending');
+
+    CREATE TABLE oncall_rotations (
+        team_id            INTEGER PRIMARY KEY REFERENCES teams(id) ON DELETE CASCADE,
+        members            TEXT NOT NULL,
+        handoff            TEXT NOT NULL,
+        anchor             INTEGER NOT NULL,
+        utc_offset_minutes INTEGER NOT NULL,
+        updated_at         INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE oncall_overrides (
+        id         INTEGER PRIMARY KEY,
+        team_id    INTEGER NOT NULL REFERENCES teams(id) ON DELETE CASCADE,
+        member     TEXT NOT NULL,
+        starts_at  INTEGER NOT NULL,
+        ends_at    INTEGER NOT NULL,
+        created_by TEXT,
+        created_at INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE escalation_policies (
+        team_id    INTEGER PRIMARY KEY REFERENCES teams(id) ON DELETE CASCADE,
+        levels     TEXT NOT NULL,
+        repeat     INTEGER NOT NULL DEFAULT 0,
+        updated_at INTEGER NOT NULL
+    ) STRICT;
+    "#,
 ];
 
 /// The schema version this build writes.

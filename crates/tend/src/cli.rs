@@ -92,6 +92,9 @@ pub enum Command {
     Services(ServicesArgs),
     /// Show a service's config vars, or set and unset them (each change is a new release)
     Config(ConfigArgs),
+    /// List a service's secrets (names and versions, never values), or set and unset them
+    #[command(alias = "secret")]
+    Secrets(SecretsArgs),
     /// Show a service's timeline: what changed and what happened
     Events(EventsArgs),
     /// Show a service's output: every instance, every release, tend's own events between
@@ -106,6 +109,17 @@ pub enum Command {
     Audit(AuditArgs),
     /// Run a PromQL query over every service's metrics (instant, or --range)
     Query(QueryArgs),
+    /// List incidents of your teams, or show one with what changed before it
+    #[command(alias = "incident")]
+    Incidents(crate::commands::incidents::IncidentsArgs),
+    /// Acknowledge an incident: stops its escalation
+    Ack(crate::commands::incidents::IncidentArg),
+    /// Resolve an incident by hand
+    Resolve(crate::commands::incidents::IncidentArg),
+    /// Who is on call; set rotations, overrides and escalation policies
+    Oncall(crate::commands::oncall::OncallArgs),
+    /// Show a service's golden signals: traffic, errors, latency, CPU, memory, restarts
+    Metrics(MetricsArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell)
     Completions {
         /// The shell
@@ -135,12 +149,90 @@ pub struct ServerArgs {
     /// Longest a build may run, e.g. 15m
     #[arg(long, default_value = "15m", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub build_timeout: std::time::Duration,
-    /// How often every instance's /metrics and the router's traffic are collected
+    /// How often instances' resource usage, the router's traffic and the [metrics] endpoints of services are collected
     #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub scrape_interval: std::time::Duration,
+    /// Also send every collected sample to this Prometheus remote-write endpoint, e.g. http://prometheus:9090/api/v1/write
+    #[arg(long, value_name = "URL")]
+    pub metrics_remote_write_url: Option<String>,
+    /// Bearer token for --metrics-remote-write-url
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "TEND_METRICS_REMOTE_WRITE_TOKEN",
+        hide_env_values = true
+    )]
+    pub metrics_remote_write_token: Option<String>,
     /// Also push every log line to this Loki (base URL; /loki/api/v1/push is appended)
     #[arg(long, value_name = "URL")]
     pub logs_loki_url: Option<String>,
+    /// How often every alert rule is evaluated
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub alert_interval: std::time::Duration,
+    /// Send PagerDuty events here instead of PagerDuty's Events API v2 (a proxy or a test receiver)
+    #[arg(long, value_name = "URL", hide = true)]
+    pub pagerduty_url: Option<String>,
+    /// The master key of secrets [default: <data-dir>/master.key, created at first start]
+    #[arg(long, env = "TEND_MASTER_KEY_FILE", value_name = "FILE")]
+    pub master_key_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<ServerCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// Rotate the master key of secrets (admin): every data key is re-wrapped
+    /// under a new key; releases and instances keep working
+    RotateKey,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "Values never come back: `tend secrets NAME` shows names, versions, who set them and when.
+Prefer --stdin so values stay out of your shell history.
+
+Examples:
+  tend secrets checkout                                 list
+  tend secrets set checkout --stdin DATABASE_URL < db-url.txt
+  printf '%s' \"$TOKEN\" | tend secrets set checkout --stdin API_TOKEN
+  tend secrets set checkout STRIPE_KEY=sk_test_123 --no-deploy
+  tend secrets unset checkout STRIPE_KEY"
+)]
+pub struct SecretsArgs {
+    #[command(subcommand)]
+    pub command: Option<SecretsCommand>,
+    /// Service name (to list its secrets)
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Set secrets (KEY=VALUE ..., or one KEY with --stdin); rolled out as a new release
+    Set {
+        /// Service name
+        name: String,
+        /// KEY=VALUE pairs, or one KEY when the value comes from --stdin
+        #[arg(value_name = "KEY=VALUE")]
+        pairs: Vec<String>,
+        /// Read the value of the one KEY given from standard input (a trailing newline is dropped)
+        #[arg(long)]
+        stdin: bool,
+        /// Stage the change for the next deploy instead of rolling it out now
+        #[arg(long)]
+        no_deploy: bool,
+    },
+    /// Remove secrets; rolled out as a new release
+    Unset {
+        /// Service name
+        name: String,
+        /// Names to remove
+        #[arg(required = true, value_name = "KEY")]
+        keys: Vec<String>,
+        /// Stage the change for the next deploy instead of rolling it out now
+        #[arg(long)]
+        no_deploy: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -387,6 +479,9 @@ pub enum TeamsCommand {
         #[arg(long)]
         target: String,
     },
+    /// Add, list and remove a team's notification channels
+    #[command(alias = "channel")]
+    Channels(crate::commands::channels::ChannelsArgs),
     /// Remove a team's notification channel
     RemoveChannel {
         /// Team name
@@ -466,6 +561,29 @@ pub struct QueryArgs {
     /// Resolution of a range query
     #[arg(long, default_value = "1m", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub step: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Each row is a PromQL query over the collected metrics (see `-o json` for the \
+queries): request rate, 5xx ratio and p50/p99 latency as seen by the router, the instances' CPU \
+(cores) and resident memory, restarts, and ready instances. The sparkline spans --since, oldest \
+on the left; a gap means no data.
+
+Examples:
+  tend metrics checkout
+  tend metrics checkout --since 1h
+  tend metrics checkout -o json | jq '.signals[] | {name, now}'"
+)]
+pub struct MetricsArgs {
+    /// Service name
+    pub name: String,
+    /// How far back the sparklines go, e.g. 15m, 1h, 1d
+    #[arg(long, default_value = "15m", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub since: std::time::Duration,
+    /// Points per sparkline
+    #[arg(long, default_value_t = 40, value_name = "N", value_parser = clap::value_parser!(u32).range(2..=500))]
+    pub width: u32,
 }
 
 #[derive(Debug, Args)]

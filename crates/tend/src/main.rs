@@ -44,6 +44,8 @@ impl std::fmt::Display for Reported {
 impl std::error::Error for Reported {}
 
 fn main() -> ExitCode {
+    // An instance's output relay (redacting secrets) is this binary too.
+    tend_runtime::relay::main_if_relay();
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Server(_) | Command::Demo(_)) {
         // A client command piped into `head` should end quietly when the pipe
@@ -71,7 +73,10 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let g = &cli.global;
     match cli.command {
-        Command::Server(args) => commands::server::run(args).await,
+        Command::Server(args) => match args.command {
+            Some(crate::cli::ServerCommand::RotateKey) => commands::secrets::rotate_key(g).await,
+            None => commands::server::run(args).await,
+        },
         Command::Demo(args) => commands::demo::run(args).await,
         Command::Login => commands::login::run(g).await,
         Command::Whoami => commands::login::whoami(g).await,
@@ -87,12 +92,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Start(a) => commands::deploy::set_stopped(g, &a.name, false).await,
         Command::Services(args) => commands::services::run(g, args).await,
         Command::Config(args) => commands::config::run(g, args).await,
+        Command::Secrets(args) => commands::secrets::run(g, args).await,
         Command::Events(args) => commands::services::events(g, args).await,
         Command::Logs(args) => commands::logs::run(g, args).await,
         Command::Teams(args) => commands::teams::run(g, args).await,
         Command::Tokens(args) => commands::tokens::run(g, args).await,
         Command::Audit(args) => commands::audit::run(g, args).await,
         Command::Query(args) => commands::query::run(g, args).await,
+        Command::Incidents(args) => commands::incidents::run(g, args).await,
+        Command::Ack(a) => commands::incidents::ack(g, a).await,
+        Command::Resolve(a) => commands::incidents::resolve(g, a).await,
+        Command::Oncall(args) => commands::oncall::run(g, args).await,
+        Command::Metrics(args) => commands::metrics::run(g, args).await,
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "tend", &mut std::io::stdout());

@@ -9,6 +9,9 @@ use common::platform::*;
 use common::*;
 use serde_json::Value;
 
+/// The manifest section that makes tend scrape the sample app's endpoint.
+const METRICS: &str = "[metrics]\npath = \"/metrics\"\n";
+
 fn query(p: &Platform, expr: &str) -> Value {
     let o = p.tend(&["query", expr, "-o", "json"]);
     serde_json::from_str(&ok(&o)).unwrap()
@@ -18,7 +21,7 @@ fn query(p: &Platform, expr: &str) -> Value {
 fn instances_and_the_router_are_measured_and_queryable() {
     let p = Platform::start();
     let _cleanup = KillInstances(p.server.data_dir.clone());
-    let svc = ServiceDir::new("web", 2, &[], "");
+    let svc = ServiceDir::new("web", 2, &[], METRICS);
     ok(&p.deploy(&svc));
     let http = reqwest::blocking::Client::new();
     for _ in 0..20 {
@@ -137,4 +140,128 @@ fn instances_and_the_router_are_measured_and_queryable() {
     let o = p.tend(&["query", "rate("]);
     assert_eq!(o.status.code(), Some(1));
     assert!(!stderr(&o).is_empty());
+}
+
+/// The value of a one-sample instant query, if it returned one.
+fn scalar(p: &Platform, expr: &str) -> Option<f64> {
+    query(p, expr)["result"][0]["value"][1]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+}
+
+#[test]
+fn resource_usage_restarts_and_golden_signals_without_a_metrics_endpoint() {
+    let p = Platform::start();
+    let _cleanup = KillInstances(p.server.data_dir.clone());
+    // No [metrics]: the endpoint is not scraped, the resources are measured anyway.
+    let svc = ServiceDir::new("quiet", 2, &[], "");
+    ok(&p.deploy(&svc));
+    let http = reqwest::blocking::Client::new();
+    for _ in 0..10 {
+        let r = http
+            .get(format!("{}/", p.server.router_url))
+            .header("host", "quiet.localhost")
+            .send()
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+    let sel = r#"{service="quiet",job="runtime"}"#;
+    wait_until(Duration::from_secs(30), "both instances measured", || {
+        scalar(
+            &p,
+            &format!("count(process_resident_memory_bytes{sel} > 1e6)"),
+        ) == Some(2.0)
+            && scalar(&p, &format!("sum(tend_instance_ready{sel})")) == Some(2.0)
+    });
+    assert!(scalar(&p, &format!("min(process_open_fds{sel})")).unwrap() >= 3.0);
+    assert!(scalar(&p, &format!("min(process_threads{sel})")).unwrap() >= 1.0);
+    // An idle instance may not have used a clock tick yet: present, not necessarily positive.
+    assert_eq!(
+        scalar(&p, &format!("count(process_cpu_seconds_total{sel} >= 0)")),
+        Some(2.0)
+    );
+    assert_eq!(
+        scalar(&p, &format!("sum(tend_instance_restarts_total{sel})")),
+        Some(0.0)
+    );
+    let m = &query(&p, &format!("process_resident_memory_bytes{sel}"))["result"][0]["metric"];
+    assert_eq!(m["team"], "payments");
+    assert_eq!(m["release"], "1");
+    assert!(
+        query(&p, r#"up{service="quiet"}"#)["result"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "a service without [metrics] is not scraped"
+    );
+
+    // A crash is counted, and the crashed process's series go stale at once.
+    let status = p.status("quiet");
+    let victim = instances(&status)[0].clone();
+    let (id, pid) = (
+        victim["id"].as_str().unwrap().to_string(),
+        victim["pid"].as_u64().unwrap(),
+    );
+    // SAFETY: a process of this test's own service.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    wait_until(Duration::from_secs(60), "the restart counted", || {
+        scalar(&p, &format!("sum(tend_instance_restarts_total{sel})")) == Some(1.0)
+            && scalar(&p, &format!("sum(tend_instance_ready{sel})")) == Some(2.0)
+    });
+    let restarted = scalar(
+        &p,
+        &format!(r#"process_start_time_seconds{{instance="{id}",job="runtime"}}"#),
+    );
+    assert!(restarted.is_some(), "the restarted instance keeps its id");
+
+    // The golden signals, as JSON and as a table: traffic counted after the
+    // first scrape, so that its rate is positive.
+    for _ in 0..20 {
+        let r = http
+            .get(format!("{}/", p.server.router_url))
+            .header("host", "quiet.localhost")
+            .send()
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+    wait_until(Duration::from_secs(30), "the traffic measured", || {
+        scalar(
+            &p,
+            r#"sum(rate(tend_http_requests_total{service="quiet"}[1m]))"#,
+        )
+        .is_some_and(|r| r > 0.0)
+    });
+    let o = p.tend(&["metrics", "quiet", "--since", "2m", "-o", "json"]);
+    let v: Value = serde_json::from_str(&ok(&o)).unwrap();
+    let signal = |name: &str| {
+        v["signals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {v:#}"))
+            .clone()
+    };
+    assert!(signal("requests")["now"].as_f64().unwrap() > 0.0, "{v:#}");
+    assert_eq!(signal("errors")["now"].as_f64(), Some(0.0), "{v:#}");
+    assert!(
+        signal("latency p99")["now"].as_f64().unwrap() > 0.0,
+        "{v:#}"
+    );
+    assert!(signal("memory")["now"].as_f64().unwrap() > 1e6, "{v:#}");
+    assert_eq!(signal("restarts")["now"].as_f64(), Some(1.0), "{v:#}");
+    assert_eq!(signal("ready")["now"].as_f64(), Some(2.0), "{v:#}");
+    assert!(signal("cpu")["query"]
+        .as_str()
+        .unwrap()
+        .contains("process_cpu_seconds_total"));
+    assert!(signal("memory")["points"].as_array().unwrap().len() >= 40);
+    let table = ok(&p.tend(&["metrics", "quiet", "--since", "2m"]));
+    for word in ["SIGNAL", "requests", "latency p99", "memory", "MiB"] {
+        assert!(table.contains(word), "{word} in:\n{table}");
+    }
+    assert!(table.chars().any(|c| ('▁'..='█').contains(&c)), "{table}");
+    let o = p.tend(&["metrics", "nosuch"]);
+    assert_eq!(o.status.code(), Some(5), "not found");
+    assert!(stderr(&o).contains("nosuch"), "{}", stderr(&o));
 }

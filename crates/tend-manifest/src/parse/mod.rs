@@ -9,7 +9,10 @@
 //! recorded; carry on so later problems are found too) or `Ok(value)`. The spec
 //! is only returned when no problem was recorded.
 
+mod alerts;
 mod getters;
+mod metrics;
+mod secrets;
 mod sections;
 mod text;
 
@@ -20,10 +23,11 @@ use toml_edit::{ImDocument, Item, Table, TableLike, TomlError, Value};
 
 use crate::diagnostic::{show, ManifestError, Problem};
 use crate::schema::{
-    self, closest, closest_field, list, list_or, Field, Section, BUILD_SECTION, DEPLOY_SECTION,
-    ENV_EXAMPLE, ENV_SECTION, HEALTH_SECTION, HTTP_SECTION, RUN_SECTION, SECTIONS, SERVICE_SECTION,
+    self, closest, closest_field, list, list_or, Field, Section, ALERT_DEFAULTS_SECTION,
+    BUILD_SECTION, DEPLOY_SECTION, ENV_EXAMPLE, ENV_SECTION, HEALTH_SECTION, HTTP_SECTION,
+    RUN_SECTION, SECTIONS, SERVICE_SECTION,
 };
-use crate::spec::{DeploySection, HttpSection, ServiceSpec};
+use crate::spec::{AlertDefaults, DeploySection, HttpSection, SecretsSection, ServiceSpec};
 use text::{header_span, kind};
 
 /// Largest manifest accepted, in bytes: a `tend.toml` describes one service,
@@ -217,6 +221,21 @@ impl Walker<'_> {
             Got::Absent | Got::Bad => BTreeMap::new(),
         };
         let alerts = self.alerts(root);
+        let secrets = match self.section(root, &schema::SECRETS_SECTION) {
+            Got::Ok(t) => self.secrets(&t, &env),
+            Got::Absent => Some(SecretsSection::default()),
+            Got::Bad => None,
+        };
+        let alert_defaults = match self.section(root, &ALERT_DEFAULTS_SECTION) {
+            Got::Ok(t) => self.alert_defaults(&t),
+            Got::Absent => Some(AlertDefaults::default()),
+            Got::Bad => None,
+        };
+        let metrics = match self.section(root, &schema::METRICS_SECTION) {
+            Got::Ok(t) => Some(self.metrics(&t)?),
+            Got::Absent => None,
+            Got::Bad => return None,
+        };
         Some(ServiceSpec {
             service: service?,
             build,
@@ -226,6 +245,9 @@ impl Walker<'_> {
             deploy: deploy?,
             env,
             alerts,
+            metrics,
+            alert_defaults: alert_defaults?,
+            secrets: secrets?,
         })
     }
 

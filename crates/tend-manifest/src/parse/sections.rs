@@ -521,8 +521,7 @@ impl Walker<'_> {
             }
             None => None,
         };
-        let expr = self.nonempty_string(t, "expr");
-        let expr = self.required(t, "expr", expr).map(|(e, _)| e);
+        let condition = self.alert_condition(t);
         let for_ = self.duration(t, "for", true).or(Duration::ZERO);
         let keep_firing_for = self.duration(t, "keep_firing_for", true).or(Duration::ZERO);
         let severity = match self.string(t, "severity") {
@@ -556,15 +555,17 @@ impl Walker<'_> {
             Got::Absent => Some(BTreeMap::new()),
             Got::Bad => None,
         };
+        let (expr, logs) = condition?;
         Some(AlertRule {
             name: name?,
-            expr: expr?,
+            expr,
             for_,
             keep_firing_for,
             severity: severity?,
             summary,
             description,
             labels: labels?,
+            logs,
         })
     }
 

@@ -178,6 +178,28 @@ pub(crate) async fn remove(dir: &Path) -> Result<(), RuntimeError> {
     }
 }
 
+/// Value of `key` in a flat-keyed cgroup file (`cpu.stat`, `memory.events`).
+fn keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// The cgroup's accounting; `None` when its files cannot be read (e.g. it is gone).
+pub(crate) fn usage(dir: &Path) -> Option<crate::CgroupStats> {
+    let read = |f: &str| fs::read_to_string(dir.join(f)).ok();
+    let memory_bytes = read("memory.current")?.trim().parse().ok()?;
+    let cpu = read("cpu.stat").unwrap_or_default();
+    let events = read("memory.events").unwrap_or_default();
+    Some(crate::CgroupStats {
+        memory_bytes,
+        cpu_seconds: keyed(&cpu, "usage_usec").unwrap_or(0) as f64 / 1e6,
+        cpu_throttled_seconds: keyed(&cpu, "throttled_usec").unwrap_or(0) as f64 / 1e6,
+        oom_kills: keyed(&events, "oom_kill").unwrap_or(0),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,5 +248,23 @@ mod tests {
         assert_eq!(read("memory.max"), (64u64 << 20).to_string());
         assert_eq!(read("cpu.max"), "25000 100000");
         assert_eq!(read("memory.oom.group"), "1");
+    }
+
+    #[test]
+    fn usage_reads_the_accounting_files() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        assert_eq!(usage(tmp.path()), None, "no memory.current: not a cgroup");
+        let w = |f: &str, t: &str| fs::write(tmp.path().join(f), t).expect("write");
+        w("memory.current", "1048576\n");
+        w(
+            "cpu.stat",
+            "usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\nnr_periods 10\nnr_throttled 2\nthrottled_usec 750000\n",
+        );
+        w("memory.events", "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n");
+        let u = usage(tmp.path()).expect("usage");
+        assert_eq!(u.memory_bytes, 1 << 20);
+        assert_eq!(u.cpu_seconds, 2.5);
+        assert_eq!(u.cpu_throttled_seconds, 0.75);
+        assert_eq!(u.oom_kills, 1);
     }
 }

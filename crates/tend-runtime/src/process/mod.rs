@@ -3,7 +3,8 @@
 //! Layout under the root (`<data-dir>/instances`):
 //! ```text
 //! <root>/<instance_id>/work/        private working copy of the release (see copy.rs)
-//! <root>/<instance_id>/stdout.log   the instance's stdout, opened O_APPEND
+//! <root>/<instance_id>/stdout.log   the instance's stdout, opened O_APPEND (written by an
+//!                                   output relay that redacts secrets, when it has any)
 //! <root>/<instance_id>/stderr.log   the instance's stderr, opened O_APPEND
 //! <root>/<instance_id>/handle.json  the handle start() returned, for list() of leader-less groups
 //! ```
@@ -80,6 +81,8 @@ pub struct ProcessRuntime {
     marker: String,
     limits: Limits,
     children: Arc<Mutex<HashMap<String, Child>>>,
+    /// Program and arguments of the output relay (`crate::relay`), if any.
+    relay: Option<(PathBuf, Vec<String>)>,
 }
 
 fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> RuntimeError {
@@ -215,6 +218,24 @@ fn killpg(instance: &str, pgid: u32, sig: i32) -> Result<(), RuntimeError> {
     }
 }
 
+/// A pipe whose ends are closed on exec (only the intended child gets them, as
+/// its stdin or stdout).
+fn pipe() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into the array on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    })
+}
+
 fn open_log(path: &Path) -> Result<File, RuntimeError> {
     // O_APPEND: several writers (the instance, a restarted instance) never overwrite each other.
     OpenOptions::new()
@@ -266,7 +287,54 @@ impl ProcessRuntime {
             marker,
             limits,
             children: Arc::new(Mutex::new(HashMap::new())),
+            relay: None,
         })
+    }
+
+    /// Runs `program args...` as the output relay of instances with secrets
+    /// (see [`crate::relay`]). Without one, such instances are refused.
+    pub fn with_output_relay(mut self, program: PathBuf, args: Vec<String>) -> Self {
+        self.relay = Some((program, args));
+        self
+    }
+
+    /// Starts a relay copying `input` (a pipe's read end) into `file`,
+    /// redacting `secrets`; it ends when the pipe's writers are gone.
+    fn spawn_relay(
+        &self,
+        id: &str,
+        input: std::os::fd::OwnedFd,
+        file: File,
+        secrets: &[(&str, &str)],
+    ) -> Result<(), RuntimeError> {
+        let Some((program, args)) = &self.relay else {
+            return Err(RuntimeError::InvalidSpec {
+                instance: id.to_owned(),
+                reason: "it has secrets but this runtime has no output relay to redact them".into(),
+            });
+        };
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args)
+            .env_clear()
+            .envs(crate::relay::env_for(secrets.iter().copied()))
+            .stdin(Stdio::from(input))
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::null())
+            .kill_on_drop(false);
+        // SAFETY: child_setup only makes async-signal-safe calls. A session of its
+        // own: signals for the daemon's process group do not reach the relay.
+        unsafe {
+            cmd.pre_exec(|| child_setup(None, None));
+        }
+        let mut child = cmd.spawn().map_err(|source| RuntimeError::Spawn {
+            instance: id.to_owned(),
+            source,
+        })?;
+        // Reaped here while the daemon lives; by init after.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        Ok(())
     }
 
     /// The canonical root directory of this driver.
@@ -546,6 +614,22 @@ impl Runtime for ProcessRuntime {
         }
         let stdout = open_log(&dir.join("stdout.log"))?;
         let stderr = open_log(&dir.join("stderr.log"))?;
+        let secrets: Vec<(&str, &str)> = spec
+            .redact
+            .iter()
+            .filter_map(|k| spec.env.get(k).map(|v| (k.as_str(), v.as_str())))
+            .filter(|(_, v)| !v.is_empty())
+            .collect();
+        let (stdout, stderr) = if secrets.is_empty() {
+            (Stdio::from(stdout), Stdio::from(stderr))
+        } else {
+            // Pipes through relays: no secret value reaches the files.
+            let (out_r, out_w) = pipe().map_err(io_err(&dir))?;
+            let (err_r, err_w) = pipe().map_err(io_err(&dir))?;
+            self.spawn_relay(id, out_r, stdout, &secrets)?;
+            self.spawn_relay(id, err_r, stderr, &secrets)?;
+            (Stdio::from(out_w), Stdio::from(err_w))
+        };
 
         let (cgroup, rlimit_data) = match &self.limits {
             Limits::Cgroup(cg) => (
@@ -578,8 +662,8 @@ impl Runtime for ProcessRuntime {
             .envs(self.env_for(spec, &work))
             .stdin(Stdio::null())
             // Files, not pipes: the daemon's death must not SIGPIPE or block the instance.
-            .stdout(Stdio::from(stdout))
-            .stderr(Stdio::from(stderr))
+            .stdout(stdout)
+            .stderr(stderr)
             .kill_on_drop(false);
         // SAFETY: child_setup only makes async-signal-safe calls.
         unsafe {
@@ -788,6 +872,12 @@ impl Runtime for ProcessRuntime {
             }
         }
         stats.cpu_seconds = ticks as f64 / procfs::clock_ticks() as f64;
+        if let Some(dir) = handle.cgroup.clone() {
+            stats.cgroup = tokio::task::spawn_blocking(move || cgroup::usage(&dir))
+                .await
+                .ok()
+                .flatten();
+        }
         Ok(stats)
     }
 

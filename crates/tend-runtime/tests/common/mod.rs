@@ -53,6 +53,7 @@ pub fn spec(id: &str, release_dir: &Path, command: &str) -> InstanceSpec {
         release_dir: release_dir.to_path_buf(),
         command: command.to_owned(),
         env: BTreeMap::from([("GREETING".to_owned(), "hello world".to_owned())]),
+        redact: vec![],
         port: 18_080,
         memory_limit: None,
         cpu_limit: None,

@@ -111,6 +111,8 @@ async fn deploy_upload(
             )));
         }
         tx.upsert_service(&name, &owner, &s.service.description, &spec_json, &manifest)?;
+        // Before anything is built: a release without its required secrets could not run.
+        super::secrets::check_required(tx, &name, &s)?;
         let d = plan::begin_build(tx, &name, c.principal.name.as_str())?;
         note.detail = Some(format!("deployment #{}", d.id));
         Ok(d)
@@ -374,22 +376,35 @@ async fn rollback(
     ApiPath(name): ApiPath<ServiceName>,
     ApiJson(req): ApiJson<RollbackRequest>,
 ) -> Result<(StatusCode, Json<Deployment>), ApiError> {
+    begin_rollback(&state, &caller, name, req.to)
+        .await
+        .map(|d| (StatusCode::ACCEPTED, Json(d)))
+}
+
+/// Rolls `name` back to release `to` (the previous one when `None`) for
+/// `caller`: the owner team or an admin, audited as `service.rollback`.
+/// Shared by the API and the dashboard.
+pub(crate) async fn begin_rollback(
+    state: &AppState,
+    caller: &Caller,
+    name: ServiceName,
+    to: Option<u32>,
+) -> Result<Deployment, ApiError> {
     change(
-        &state,
-        &caller,
+        state,
+        caller,
         "service.rollback",
         name,
         move |tx, c, name| {
             Ok(plan::begin_rollback(
                 tx,
                 name,
-                req.to,
+                to,
                 c.principal.name.as_str(),
             )?)
         },
     )
     .await
-    .map(|d| (StatusCode::ACCEPTED, Json(d)))
 }
 
 /// Replaces every instance, batch by batch, without dropping below the allowed count.

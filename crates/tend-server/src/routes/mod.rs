@@ -1,12 +1,14 @@
 //! The API's routes. Each handler carries its OpenAPI description, and the
 //! router is built from the same list as the spec, so the two cannot drift.
 
+pub(crate) mod alerts;
 mod audit;
 mod config;
-mod deploy;
+pub(crate) mod deploy;
 mod logs;
 mod meta;
 mod prom;
+mod secrets;
 mod services;
 mod teams;
 mod tokens;
@@ -32,6 +34,8 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .merge(deploy::routes())
         .merge(logs::routes())
         .merge(config::routes())
+        .merge(alerts::routes())
+        .merge(secrets::routes())
 }
 
 pub(crate) fn router(state: AppState, body_limit: usize) -> Router {

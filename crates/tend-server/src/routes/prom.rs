@@ -32,7 +32,8 @@ pub(crate) fn routes() -> Router<AppState> {
 
 /// The platform's own metrics, Prometheus text format (scrape with a token).
 async fn platform_metrics(State(s): State<AppState>, _c: Caller) -> Response {
-    let text = crate::metrics::render_platform(&s.router, &s.logs, &s.tsdb);
+    let text =
+        crate::metrics::render_platform(&s.router, &s.logs, &s.tsdb, s.remote_write.as_ref());
     (
         [(
             axum::http::header::CONTENT_TYPE,

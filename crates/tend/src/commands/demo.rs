@@ -243,6 +243,7 @@ fn print_tour(
     println!("{}", h("tend demo is running"));
     println!();
     println!("  API:        {url}   (health: {url}/healthz, spec: {url}/api/v1/openapi.json)");
+    println!("  dashboard:  {url}/ui   (log in with a token below)");
     println!("  data:       {}", data_dir.display());
     println!("  admin:      {admin_token}");
     for (name, token) in members {

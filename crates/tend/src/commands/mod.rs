@@ -1,13 +1,18 @@
 //! One module per group of commands.
 
 pub mod audit;
+pub mod channels;
 pub mod config;
 pub mod demo;
 pub mod deploy;
+pub mod incidents;
 pub mod login;
 pub mod logs;
 pub mod manifest;
+pub mod metrics;
+pub mod oncall;
 pub mod query;
+pub mod secrets;
 pub mod server;
 pub mod services;
 pub mod teams;

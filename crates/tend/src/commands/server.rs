@@ -1,7 +1,7 @@
 //! `tend server`.
 
 use anyhow::{Context, Result};
-use tend_server::{Server, ServerConfig};
+use tend_server::{RemoteWriteConfig, Server, ServerConfig};
 
 use crate::cli::ServerArgs;
 
@@ -13,6 +13,13 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         build_timeout: args.build_timeout,
         scrape_interval: args.scrape_interval,
         logs_loki_url: args.logs_loki_url,
+        alert_interval: args.alert_interval,
+        pagerduty_url: args.pagerduty_url,
+        master_key_file: args.master_key_file,
+        metrics_remote_write: args.metrics_remote_write_url.map(|url| RemoteWriteConfig {
+            bearer_token: args.metrics_remote_write_token,
+            ..RemoteWriteConfig::new(url)
+        }),
         ..ServerConfig::new(args.data_dir, args.listen, args.router_listen)
     };
     let server = Server::bind(&config)

@@ -88,6 +88,7 @@ pub async fn run(g: &Global, args: TeamsArgs) -> Result<()> {
                 println!("channel `{name}` added to team/{}", t.name)
             })
         }
+        TeamsCommand::Channels(args) => super::channels::run(g, args).await,
         TeamsCommand::RemoveChannel { team, name } => {
             client.remove_channel(&team, &name).await?;
             println!("channel `{name}` removed from team/{team}");

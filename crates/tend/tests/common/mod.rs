@@ -43,8 +43,21 @@ impl TestServer {
         s
     }
 
+    /// Starts a server on a fresh temporary data directory with extra `tend server` flags.
+    pub fn start_with(extra: &[&str]) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let mut s = Self::start_in_with(&dir, extra);
+        s._tmp = Some(tmp);
+        s
+    }
+
     /// Starts a server on `data_dir` (which may hold an earlier server's state).
     pub fn start_in(data_dir: &Path) -> Self {
+        Self::start_in_with(data_dir, &[])
+    }
+
+    fn start_in_with(data_dir: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(tend_bin())
             .args([
                 "server",
@@ -58,6 +71,7 @@ impl TestServer {
             ])
             .arg("--data-dir")
             .arg(data_dir)
+            .args(extra)
             .env("RUST_LOG", "warn")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

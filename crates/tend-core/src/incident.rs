@@ -1,0 +1,485 @@
+//! Incidents, their alerts and notifications, and the on-call set-up of a
+//! team (rotation, overrides, escalation policy), as stored and shown.
+//!
+//! The rules that need no I/O live here too: who is on call at a given
+//! time, and which escalation level comes next.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::model::Event;
+use crate::{TeamName, Timestamp, TokenName};
+
+/// Where an incident is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum IncidentState {
+    /// Open, nobody has taken it yet: escalation runs.
+    Triggered,
+    /// Someone is on it: escalation stopped.
+    Acknowledged,
+    /// Over: every alert cleared, or closed by hand.
+    Resolved,
+}
+
+impl IncidentState {
+    /// The lowercase name used in the API and the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Triggered => "triggered",
+            Self::Acknowledged => "acknowledged",
+            Self::Resolved => "resolved",
+        }
+    }
+
+    /// Parses the lowercase name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "triggered" => Self::Triggered,
+            "acknowledged" => Self::Acknowledged,
+            "resolved" => Self::Resolved,
+            _ => return None,
+        })
+    }
+}
+
+/// One alert (one fingerprint) grouped into an incident.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct IncidentAlert {
+    /// Hash of the alert's labels (Prometheus' FNV-1a label-set fingerprint, hex).
+    pub fingerprint: String,
+    /// The rule's name (`alertname`).
+    pub name: String,
+    /// `page`, `ticket` or `info`.
+    pub severity: String,
+    /// Every label of the alert, `alertname`, `service` and `team` included.
+    pub labels: BTreeMap<String, String>,
+    /// `summary`, `description`, `runbook_url`, ... rendered.
+    pub annotations: BTreeMap<String, String>,
+    /// The value of the rule's expression when it fired (last seen).
+    pub value: f64,
+    /// `firing` or `resolved`.
+    pub status: String,
+    /// When the alert started firing.
+    pub starts_at: Timestamp,
+    /// When it resolved.
+    pub ends_at: Option<Timestamp>,
+}
+
+/// What was known about the service when the incident opened.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct IncidentContext {
+    /// What changed in the service shortly before: deploys, rollbacks,
+    /// config changes, scaling, crashes (its events, oldest first).
+    pub changes: Vec<Event>,
+    /// The most recent error lines of the service's output.
+    pub error_logs: Vec<String>,
+    /// The service's runbook, if the manifest names one.
+    pub runbook: Option<String>,
+    /// The one command that rolls the service back.
+    pub rollback: String,
+}
+
+/// An incident: the firing alerts of one service, owned by its team.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Incident {
+    /// Its number.
+    pub id: i64,
+    /// The service whose alerts it groups.
+    pub service: String,
+    /// The team that owns the service (and the incident).
+    pub team: TeamName,
+    /// Triggered, acknowledged or resolved.
+    pub state: IncidentState,
+    /// The most urgent severity of its alerts: `page`, `ticket` or `info`.
+    pub severity: String,
+    /// One line: the first alert's summary.
+    pub title: String,
+    /// When it opened.
+    pub opened_at: Timestamp,
+    /// When it was acknowledged.
+    pub acked_at: Option<Timestamp>,
+    /// Who acknowledged it.
+    pub acked_by: Option<String>,
+    /// When it was resolved.
+    pub resolved_at: Option<Timestamp>,
+    /// Who resolved it (`None`: resolved by itself when its alerts cleared).
+    pub resolved_by: Option<String>,
+    /// The escalation level reached (1 = the first).
+    pub escalation_level: u32,
+    /// Its alerts, firing and resolved.
+    pub alerts: Vec<IncidentAlert>,
+}
+
+/// One entry of an incident's timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TimelineEntry {
+    /// When.
+    pub time: Timestamp,
+    /// `opened`, `alert.firing`, `alert.resolved`, `notified`, `delivery.failed`,
+    /// `escalated`, `acknowledged`, `resolved`.
+    pub kind: String,
+    /// Who did it, for people's actions.
+    pub actor: Option<String>,
+    /// What happened, for people.
+    pub detail: String,
+}
+
+/// One notification to one channel, and how its delivery went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Delivery {
+    /// Its number.
+    pub id: i64,
+    /// The incident it is about.
+    pub incident_id: i64,
+    /// The team whose channel it went to.
+    pub team: String,
+    /// The channel's name.
+    pub channel: String,
+    /// `webhook`, `slack`, `pagerduty` or `email`.
+    pub kind: String,
+    /// `trigger`, `acknowledge`, `resolve` (what the notification says).
+    pub event: String,
+    /// `pending`, `sending`, `delivered` or `failed`.
+    pub status: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// HTTP status of the last attempt, if one got an answer.
+    pub http_status: Option<u16>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// When it was queued.
+    pub created_at: Timestamp,
+    /// When it was delivered.
+    pub delivered_at: Option<Timestamp>,
+}
+
+/// How often the on-call duty passes to the next member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Handoff {
+    /// Every day at the hand-off time.
+    Daily,
+    /// Every week, on the weekday the rotation was set, at the hand-off time.
+    Weekly,
+}
+
+impl Handoff {
+    /// The length of one shift, in milliseconds.
+    pub fn period_ms(self) -> i64 {
+        match self {
+            Self::Daily => 24 * 3600 * 1000,
+            Self::Weekly => 7 * 24 * 3600 * 1000,
+        }
+    }
+
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Daily => "daily",
+            Self::Weekly => "weekly",
+        }
+    }
+
+    /// Parses the lowercase name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "daily" => Some(Self::Daily),
+            "weekly" => Some(Self::Weekly),
+            _ => None,
+        }
+    }
+}
+
+/// A team's on-call rotation: members take turns, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Rotation {
+    /// Members in turn order (token names of the team's people).
+    pub members: Vec<TokenName>,
+    /// Daily or weekly shifts.
+    pub handoff: Handoff,
+    /// The start of the first member's first shift (a hand-off instant).
+    pub anchor: Timestamp,
+    /// The team's time zone as an offset from UTC, in minutes (for display;
+    /// the anchor already fixes the hand-off instant).
+    pub utc_offset_minutes: i32,
+}
+
+impl Rotation {
+    /// Index into `members` of who is on call at `now`, and when that shift ends.
+    pub fn shift_at(&self, now: Timestamp) -> Option<(usize, Timestamp)> {
+        if self.members.is_empty() {
+            return None;
+        }
+        let period = self.handoff.period_ms();
+        let since = now.as_millis() - self.anchor.as_millis();
+        let shift = since.div_euclid(period);
+        let idx = shift.rem_euclid(self.members.len() as i64) as usize;
+        let ends = self.anchor.as_millis() + (shift + 1) * period;
+        Some((idx, Timestamp::from_millis(ends)))
+    }
+}
+
+/// Someone takes the duty for a while, over the rotation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OncallOverride {
+    /// Its number.
+    pub id: i64,
+    /// Who is on call instead.
+    pub member: TokenName,
+    /// From.
+    pub starts_at: Timestamp,
+    /// Until (exclusive).
+    pub ends_at: Timestamp,
+    /// Who set it.
+    pub created_by: Option<String>,
+}
+
+/// Who is on call for a team at a time, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OnCall {
+    /// The team.
+    pub team: TeamName,
+    /// Who is on call (`None`: the team has no rotation).
+    pub member: Option<TokenName>,
+    /// `override`, `rotation` or `none`.
+    pub source: String,
+    /// When the duty passes to someone else.
+    pub until: Option<Timestamp>,
+    /// Who takes over then.
+    pub next: Option<TokenName>,
+    /// The rotation, if any.
+    pub rotation: Option<Rotation>,
+    /// Overrides that have not ended.
+    pub overrides: Vec<OncallOverride>,
+    /// The escalation policy in force.
+    pub escalation: EscalationPolicy,
+}
+
+/// Works out who is on call at `now` from a rotation and overrides (the
+/// latest-starting override covering `now` wins over the rotation).
+pub fn on_call(
+    team: &TeamName,
+    rotation: Option<&Rotation>,
+    overrides: &[OncallOverride],
+    escalation: EscalationPolicy,
+    now: Timestamp,
+) -> OnCall {
+    let active: Vec<OncallOverride> = overrides
+        .iter()
+        .filter(|o| o.ends_at > now)
+        .cloned()
+        .collect();
+    let covering = active
+        .iter()
+        .filter(|o| o.starts_at <= now)
+        .max_by_key(|o| (o.starts_at, o.id));
+    let shift = rotation.and_then(|r| r.shift_at(now));
+    let (member, source, until, next) = match (covering, shift, rotation) {
+        (Some(o), _, _) => (Some(o.member.clone()), "override", Some(o.ends_at), None),
+        (None, Some((i, ends)), Some(r)) => (
+            Some(r.members[i].clone()),
+            "rotation",
+            Some(ends),
+            Some(r.members[(i + 1) % r.members.len()].clone()),
+        ),
+        _ => (None, "none", None, None),
+    };
+    OnCall {
+        team: team.clone(),
+        member,
+        source: source.to_string(),
+        until,
+        next,
+        rotation: rotation.cloned(),
+        overrides: active,
+        escalation,
+    }
+}
+
+/// Who a level of escalation notifies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum EscalationTarget {
+    /// One channel of the owning team.
+    Channel {
+        /// The channel's name.
+        name: TokenName,
+    },
+    /// Every channel of the owning team.
+    Team,
+    /// Every channel of another team (e.g. the platform admins).
+    OtherTeam {
+        /// The team.
+        name: TeamName,
+    },
+}
+
+impl EscalationTarget {
+    /// Parses `channel:NAME`, `team`, or `team:NAME`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            None if s == "team" => Ok(Self::Team),
+            Some(("channel", n)) => TokenName::parse(n)
+                .map(|name| Self::Channel { name })
+                .map_err(|e| format!("channel name {n:?}: {e}")),
+            Some(("team", n)) => TeamName::parse(n)
+                .map(|name| Self::OtherTeam { name })
+                .map_err(|e| format!("team name {n:?}: {e}")),
+            _ => Err(format!(
+                "unknown target {s:?}: use `team`, `channel:NAME` or `team:NAME`"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for EscalationTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Channel { name } => write!(f, "channel:{name}"),
+            Self::Team => f.write_str("team"),
+            Self::OtherTeam { name } => write!(f, "team:{name}"),
+        }
+    }
+}
+
+/// One level of an escalation policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EscalationLevel {
+    /// Seconds after the previous level (or the incident opening, for the
+    /// first) before this level is notified, unless acknowledged.
+    pub delay_secs: u64,
+    /// Who is notified.
+    pub targets: Vec<EscalationTarget>,
+}
+
+/// How a team's `page` incidents escalate while nobody acknowledges them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EscalationPolicy {
+    /// Levels in order; the first is notified when the incident opens
+    /// (after its delay).
+    pub levels: Vec<EscalationLevel>,
+    /// How many times the whole policy repeats after the last level.
+    pub repeat: u32,
+}
+
+impl Default for EscalationPolicy {
+    /// Without a policy: every channel of the team, once.
+    fn default() -> Self {
+        Self {
+            levels: vec![EscalationLevel {
+                delay_secs: 0,
+                targets: vec![EscalationTarget::Team],
+            }],
+            repeat: 0,
+        }
+    }
+}
+
+impl EscalationPolicy {
+    /// The step after (`level`, `round`) — both counted from 0 — if any:
+    /// the next level, or the first again while repeats remain.
+    pub fn next(&self, level: usize, round: u32) -> Option<(usize, u32)> {
+        if level + 1 < self.levels.len() {
+            Some((level + 1, round))
+        } else if round < self.repeat && !self.levels.is_empty() {
+            Some((0, round + 1))
+        } else {
+            None
+        }
+    }
+}
+
+/// Which incidents a listing returns.
+#[derive(Debug, Clone, Default)]
+pub struct IncidentFilter {
+    /// Only incidents of these teams (`None`: every team).
+    pub teams: Option<Vec<TeamName>>,
+    /// Only this service's.
+    pub service: Option<String>,
+    /// Resolved ones too.
+    pub include_resolved: bool,
+    /// At most this many, newest first (0: 100).
+    pub limit: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> TokenName {
+        TokenName::parse(s).unwrap()
+    }
+
+    const H: i64 = 3600 * 1000;
+
+    #[test]
+    fn rotation_hands_off_in_order_and_wraps() {
+        let r = Rotation {
+            members: vec![n("alice"), n("bob"), n("carol")],
+            handoff: Handoff::Daily,
+            anchor: Timestamp::from_millis(100 * 24 * H + 9 * H),
+            utc_offset_minutes: 60,
+        };
+        let at = |h: i64| Timestamp::from_millis(100 * 24 * H + h * H);
+        assert_eq!(r.shift_at(at(9)).unwrap().0, 0);
+        assert_eq!(r.shift_at(at(32)).unwrap().0, 0);
+        assert_eq!(r.shift_at(at(33)).unwrap().0, 1);
+        assert_eq!(r.shift_at(at(9 + 72)).unwrap().0, 0);
+        // Before the anchor counts backwards.
+        assert_eq!(r.shift_at(at(8)).unwrap().0, 2);
+        assert_eq!(r.shift_at(at(10)).unwrap().1, at(33));
+    }
+
+    #[test]
+    fn an_override_wins_over_the_rotation() {
+        let team = TeamName::parse("payments").unwrap();
+        let r = Rotation {
+            members: vec![n("alice"), n("bob")],
+            handoff: Handoff::Weekly,
+            anchor: Timestamp::from_millis(0),
+            utc_offset_minutes: 0,
+        };
+        let o = OncallOverride {
+            id: 1,
+            member: n("dave"),
+            starts_at: Timestamp::from_millis(10 * H),
+            ends_at: Timestamp::from_millis(20 * H),
+            created_by: None,
+        };
+        let e = EscalationPolicy::default();
+        let now = Timestamp::from_millis(15 * H);
+        let oc = on_call(&team, Some(&r), std::slice::from_ref(&o), e.clone(), now);
+        assert_eq!(oc.member, Some(n("dave")));
+        assert_eq!(oc.source, "override");
+        let later = Timestamp::from_millis(21 * H);
+        let oc = on_call(&team, Some(&r), &[o], e, later);
+        assert_eq!(oc.member, Some(n("alice")));
+        assert_eq!(oc.next, Some(n("bob")));
+        assert!(oc.overrides.is_empty());
+    }
+
+    #[test]
+    fn escalation_walks_levels_then_repeats() {
+        let level = |d| EscalationLevel {
+            delay_secs: d,
+            targets: vec![EscalationTarget::Team],
+        };
+        let p = EscalationPolicy {
+            levels: vec![level(0), level(60)],
+            repeat: 1,
+        };
+        assert_eq!(p.next(0, 0), Some((1, 0)));
+        assert_eq!(p.next(1, 0), Some((0, 1)));
+        assert_eq!(p.next(1, 1), None);
+        assert_eq!(
+            EscalationTarget::parse("team:platform")
+                .unwrap()
+                .to_string(),
+            "team:platform"
+        );
+        assert!(EscalationTarget::parse("people:x").is_err());
+    }
+}
