@@ -5,9 +5,10 @@ Synthetic scrape targets (32 instances of 4 services, ~330 series each, so
 ~10.6k series, scraped every 15 s for 6 h: ~14.6 M samples, values from a
 fixed-seed generator) are produced by
 crates/tend-metrics/examples/metrics_vs_prometheus.rs, which
-  * for tend: parses each scrape's exposition text, labels it like the
-    collector and appends it to a Tsdb (compacting every hour of data, as the
-    background thread does), then compacts and times the queries in-process;
+  * for tend: parses each scrape's exposition text and labels it like the
+    collector (one exposition::ScrapeCache per target) and appends it to a
+    Tsdb (compacting every hour of data, as the background thread does),
+    then compacts and times the queries in-process;
   * for Prometheus: parses the same text the same way and remote-writes each
     round of scrapes (one request per 15 s of data) to a real Prometheus
     started here with --web.enable-remote-write-receiver.

@@ -42,6 +42,10 @@ pub struct AlertConfig {
     pub retry: RetryPolicy,
     /// Timeout of one delivery attempt.
     pub request_timeout: Duration,
+    /// The SMTP relay of e-mail channels, if any.
+    pub smtp: Option<crate::email::SmtpConfig>,
+    /// An Alertmanager every alert is forwarded to as well (its base URL).
+    pub alertmanager_url: Option<String>,
 }
 
 impl AlertConfig {
@@ -53,6 +57,8 @@ impl AlertConfig {
             pagerduty_url: notify::PAGERDUTY_EVENTS_URL.to_string(),
             retry: RetryPolicy::default(),
             request_timeout: Duration::from_secs(10),
+            smtp: None,
+            alertmanager_url: None,
         }
     }
 }
@@ -118,7 +124,16 @@ pub fn spawn(
                 return;
             }
         };
+        // Checked before the server starts (`Mailer::new`); a failure here
+        // leaves e-mail deliveries failing with the reason.
+        let mailer = cfg
+            .smtp
+            .as_ref()
+            .map(|c| crate::email::Mailer::new(c, cfg.request_timeout).map_err(|e| e.to_string()));
         let mut engine = Engine {
+            mailer: mailer.map(Arc::new),
+            resolved: crate::forward::Resolved::default(),
+            forwarding: Arc::new(tokio::sync::Semaphore::new(1)),
             store,
             tsdb,
             logs,
@@ -151,6 +166,12 @@ struct Engine {
     deliveries: Arc<tokio::sync::Semaphore>,
     /// Time of the first evaluation (ms): evaluations are on its grid.
     first_eval: Option<i64>,
+    /// The SMTP transport, or why there is none; `None` without `smtp`.
+    mailer: Option<Arc<Result<crate::email::Mailer, String>>>,
+    /// Recently resolved alerts, still sent to the Alertmanager.
+    resolved: crate::forward::Resolved,
+    /// One forwarding request at a time: a slow Alertmanager skips ticks.
+    forwarding: Arc<tokio::sync::Semaphore>,
 }
 
 impl Engine {
@@ -249,6 +270,17 @@ impl Engine {
                     }
                 }
             }
+        }
+        if self.cfg.alertmanager_url.is_some() {
+            for (_, c) in &changes {
+                if let Change::Resolved(a) = c {
+                    self.resolved.add(a.clone(), now);
+                }
+            }
+            for a in &resolved_orphans {
+                self.resolved.add(a.clone(), now);
+            }
+            self.forward(now);
         }
         if !alerts_series.is_empty() {
             let db = self.tsdb.clone();
@@ -435,6 +467,44 @@ impl Engine {
         .await
     }
 
+    /// Sends every firing and recently resolved alert to the Alertmanager,
+    /// in the background.
+    fn forward(&mut self, now: i64) {
+        let Some(base) = &self.cfg.alertmanager_url else {
+            return;
+        };
+        let firing: Vec<&crate::eval::Alert> = self
+            .states
+            .values()
+            .flat_map(|s| s.alerts())
+            .filter(|a| a.state == crate::eval::AlertState::Firing)
+            .collect();
+        let resolved = self.resolved.current(now, &firing);
+        if firing.is_empty() && resolved.is_empty() {
+            return;
+        }
+        let body = crate::forward::body(
+            &firing,
+            &resolved,
+            now,
+            self.cfg.interval,
+            &self.cfg.external_url,
+        )
+        .to_string();
+        let Ok(permit) = self.forwarding.clone().try_acquire_owned() else {
+            return;
+        };
+        let url = format!("{}/api/v2/alerts", base.trim_end_matches('/'));
+        let http = self.http.clone();
+        tokio::spawn(async move {
+            let a = notify::post_once(&http, &url, &body).await;
+            if let Some(e) = a.error {
+                tracing::warn!(url = %url, error = %e, "forwarding alerts to Alertmanager failed");
+            }
+            drop(permit);
+        });
+    }
+
     /// Hands queued notifications to delivery tasks.
     async fn deliver(&self) -> Result<(), AlertError> {
         let free = self.deliveries.available_permits() as u32;
@@ -451,8 +521,9 @@ impl Engine {
             let http = self.http.clone();
             let store = self.store.clone();
             let cfg = self.cfg.clone();
+            let mailer = self.mailer.clone();
             tokio::spawn(async move {
-                deliver_one(&http, &store, &cfg, item).await;
+                deliver_one(&http, mailer.as_deref(), &store, &cfg, item).await;
                 drop(permit);
             });
         }
@@ -742,6 +813,7 @@ fn escalate(tx: &mut Tx<'_>, cfg: &AlertConfig) -> Result<(), StoreError> {
 /// Delivers one notification, retrying with backoff, logging each attempt.
 async fn deliver_one(
     http: &reqwest::Client,
+    mailer: Option<&Result<crate::email::Mailer, String>>,
     store: &Arc<Store>,
     cfg: &AlertConfig,
     item: OutboxItem,
@@ -754,16 +826,24 @@ async fn deliver_one(
     };
     let mut attempt_no = item.attempts;
     loop {
-        let attempt = match &url {
-            Some(url) => notify::post_once(http, url, &item.payload).await,
-            None => notify::Attempt {
-                status: None,
-                error: Some(format!(
-                    "{} channels cannot be delivered by this tend",
-                    item.kind
-                )),
-                retryable: false,
+        let fail = |error: String| notify::Attempt {
+            status: None,
+            error: Some(error),
+            retryable: false,
+        };
+        let attempt = match (&url, kind) {
+            (Some(url), _) => notify::post_once(http, url, &item.payload).await,
+            (None, Some(ChannelKind::Email)) => match mailer {
+                Some(Ok(m)) => m.send_once(&item.target, &item.payload).await,
+                Some(Err(e)) => fail(e.clone()),
+                None => fail(
+                    "e-mail channels need an SMTP relay: start the server with --smtp-url".into(),
+                ),
             },
+            (None, _) => fail(format!(
+                "{} channels cannot be delivered by this tend",
+                item.kind
+            )),
         };
         attempt_no += 1;
         let done =

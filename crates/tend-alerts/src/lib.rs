@@ -12,11 +12,14 @@
 
 #![warn(missing_docs)]
 
+pub mod email;
 pub mod engine;
 pub mod eval;
+pub mod forward;
 pub mod notify;
 pub mod rules;
 
+pub use email::SmtpConfig;
 pub use engine::{spawn, AlertConfig};
 
 /// Errors of rule preparation and evaluation.
@@ -25,6 +28,9 @@ pub enum AlertError {
     /// A rule cannot be used (its expression or pattern does not parse).
     #[error("invalid rule: {0}")]
     Rule(String),
+    /// A setting is unusable (the SMTP relay's URL or sender).
+    #[error("{0}")]
+    Config(String),
     /// A query failed.
     #[error("query: {0}")]
     Query(String),

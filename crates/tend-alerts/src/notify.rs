@@ -227,6 +227,80 @@ pub fn slack(n: &Notice<'_>) -> Value {
     json!({"text": text, "blocks": blocks})
 }
 
+/// An e-mail: `subject` and a plain-text `body` with the incident's context.
+pub fn email(n: &Notice<'_>) -> Value {
+    let inc = n.incident;
+    let verb = match n.event {
+        NotifyEvent::Trigger => "triggered",
+        NotifyEvent::Acknowledge => "acknowledged",
+        NotifyEvent::Resolve => "resolved",
+    };
+    let subject = format!(
+        "[{}] incident #{} {verb}: {} (service {}, team {})",
+        inc.severity.to_uppercase(),
+        inc.id,
+        truncate(&inc.title, 120),
+        inc.service,
+        inc.team
+    );
+    let mut body = format!(
+        "Incident #{} {verb}: {}\n\nService: {}\nTeam: {}\nSeverity: {}\nState: {}\nOn call: {}\n",
+        inc.id,
+        inc.title,
+        inc.service,
+        inc.team,
+        inc.severity,
+        inc.state.as_str(),
+        n.oncall.as_deref().unwrap_or("-"),
+    );
+    if let Some(who) = &n.actor {
+        body.push_str(&format!("{} by: {who}\n", capitalise(verb)));
+    }
+    body.push_str("\nAlerts:\n");
+    for a in &inc.alerts {
+        body.push_str(&format!(
+            "- {} ({}, value {}): {}\n",
+            a.name,
+            a.status,
+            a.value,
+            a.annotations
+                .get("summary")
+                .map(String::as_str)
+                .unwrap_or("")
+        ));
+    }
+    let changed = what_changed(n.context);
+    body.push_str("\nWhat changed (last 30 minutes):\n");
+    body.push_str(if changed.is_empty() {
+        "(nothing recorded)"
+    } else {
+        &changed
+    });
+    body.push('\n');
+    if !n.context.error_logs.is_empty() {
+        body.push_str("\nRecent errors:\n");
+        body.push_str(&n.context.error_logs.join("\n"));
+        body.push('\n');
+    }
+    if let Some(rb) = &n.context.runbook {
+        body.push_str(&format!("\nRunbook: {rb}\n"));
+    }
+    body.push_str(&format!(
+        "\nRoll back: {}\nIncident: {}\n",
+        n.context.rollback,
+        incident_url(n)
+    ));
+    json!({"subject": subject, "body": body})
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
 fn truncate(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         return s.to_string();
@@ -314,9 +388,7 @@ pub fn payload(kind: ChannelKind, target: &str, n: &Notice<'_>) -> Option<Value>
         (ChannelKind::Webhook, _) => Some(alertmanager_v4(n)),
         (ChannelKind::Slack, _) => Some(slack(n)),
         (ChannelKind::Pagerduty, _) => Some(pagerduty(n, target)),
-        (ChannelKind::Email, _) => {
-            Some(json!({"subject": slack(n)["text"], "incident": n.incident.id}))
-        }
+        (ChannelKind::Email, _) => Some(email(n)),
     }
 }
 
@@ -585,6 +657,33 @@ mod tests {
                 assert!(t.chars().count() <= 3000);
             }
         }
+    }
+
+    #[test]
+    fn email_has_service_team_and_what_changed() {
+        let (inc, ctx) = incident();
+        let v = email(&notice(&inc, &ctx, NotifyEvent::Trigger));
+        let subject = v["subject"].as_str().unwrap();
+        assert_eq!(
+            subject,
+            "[PAGE] incident #7 triggered: web answers too many 5xx (service web, team payments)"
+        );
+        let body = v["body"].as_str().unwrap();
+        for want in [
+            "Service: web",
+            "Team: payments",
+            "On call: alice",
+            "- high-error-rate (firing, value 0.5)",
+            "config.changed set SAMPLE_ERROR_RATE",
+            "Recent errors:\nboom",
+            "Runbook: https://runbooks.example/web",
+            "Roll back: tend rollback web",
+        ] {
+            assert!(body.contains(want), "{want} missing from:\n{body}");
+        }
+        assert!(body.is_ascii(), "{body}");
+        let v = email(&notice(&inc, &ctx, NotifyEvent::Resolve));
+        assert!(v["subject"].as_str().unwrap().contains("resolved"));
     }
 
     #[test]

@@ -15,11 +15,17 @@
 pub const SAMPLES_PER_CHUNK: u16 = 120;
 
 /// Appends bits, most significant first.
+///
+/// Bits gather in a 64-bit accumulator and reach the buffer 8 bytes at a
+/// time: the head appends to thousands of chunks in turn, and touching each
+/// one's heap buffer on every sample was the append path's top cache miss.
 #[derive(Clone, Debug, Default)]
 pub struct BitWriter {
+    // Whole bytes written so far.
     buf: Vec<u8>,
-    // Free bits in the last byte; 0 means the next bit starts a new byte.
-    free: u8,
+    // The last `nacc` bits written (0..=63), right-aligned.
+    acc: u64,
+    nacc: u32,
 }
 
 impl BitWriter {
@@ -32,22 +38,17 @@ impl BitWriter {
     pub fn with_prefix(prefix: &[u8], capacity: usize) -> Self {
         let mut buf = Vec::with_capacity(capacity.max(prefix.len()));
         buf.extend_from_slice(prefix);
-        BitWriter { buf, free: 0 }
+        BitWriter {
+            buf,
+            acc: 0,
+            nacc: 0,
+        }
     }
 
     /// Writes one bit.
     #[inline]
     pub fn write_bit(&mut self, bit: bool) {
-        if self.free == 0 {
-            self.buf.push(0);
-            self.free = 8;
-        }
-        if bit {
-            if let Some(last) = self.buf.last_mut() {
-                *last |= 1 << (self.free - 1);
-            }
-        }
-        self.free -= 1;
+        self.write_bits(u64::from(bit), 1);
     }
 
     /// Writes the lowest `n` bits of `v` (n ≤ 64), most significant first.
@@ -56,52 +57,60 @@ impl BitWriter {
         if n == 0 {
             return;
         }
-        let mut n = n.min(64);
-        let mut v = if n == 64 { v } else { v & ((1u64 << n) - 1) };
-        // Whole runs at a time (this is on the append path): first the free
-        // bits of the last byte, then whole bytes, then the rest.
-        if self.free > 0 {
-            let f = u32::from(self.free);
-            let take = f.min(n);
-            let bits = (v >> (n - take)) as u8;
-            if let Some(last) = self.buf.last_mut() {
-                *last |= bits << (f - take);
-            }
-            self.free -= take as u8;
-            n -= take;
-            if n == 0 {
-                return;
-            }
-            v &= (1u64 << n) - 1;
+        let n = n.min(64);
+        let v = if n == 64 { v } else { v & ((1u64 << n) - 1) };
+        if self.nacc + n < 64 {
+            self.acc = (self.acc << n) | v;
+            self.nacc += n;
+            return;
         }
-        while n >= 8 {
-            n -= 8;
-            self.buf.push((v >> n) as u8);
-        }
-        if n > 0 {
-            self.buf.push((v as u8) << (8 - n));
-            self.free = (8 - n) as u8;
-        }
+        // Fill the accumulator to 64 bits, store it, keep the rest.
+        let space = 64 - self.nacc; // 1..=64, at most n
+        let rest = n - space;
+        let full = if space == 64 {
+            v
+        } else {
+            (self.acc << space) | (v >> rest)
+        };
+        self.buf.extend_from_slice(&full.to_be_bytes());
+        self.acc = if rest == 0 {
+            0
+        } else {
+            v & ((1u64 << rest) - 1)
+        };
+        self.nacc = rest;
     }
 
     /// Number of bits written.
     pub fn bit_len(&self) -> usize {
-        self.buf.len() * 8 - self.free as usize
+        self.buf.len() * 8 + self.nacc as usize
+    }
+
+    /// Number of bytes of [`BitWriter::to_bytes`].
+    pub fn byte_len(&self) -> usize {
+        self.buf.len() + self.nacc.div_ceil(8) as usize
     }
 
     /// The bytes written so far (the last byte may be partial, padded with zeros).
-    pub fn bytes(&self) -> &[u8] {
-        &self.buf
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.byte_len());
+        out.extend_from_slice(&self.buf);
+        self.put_pending(&mut out);
+        out
     }
 
-    /// Mutable access to the bytes (to patch a header in place).
-    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.buf
+    fn put_pending(&self, out: &mut Vec<u8>) {
+        if self.nacc > 0 {
+            let left = self.acc << (64 - self.nacc);
+            out.extend_from_slice(&left.to_be_bytes()[..self.nacc.div_ceil(8) as usize]);
+        }
     }
 
     /// Consumes the writer.
-    pub fn into_bytes(self) -> Vec<u8> {
-        self.buf
+    pub fn into_bytes(mut self) -> Vec<u8> {
+        let mut buf = std::mem::take(&mut self.buf);
+        self.put_pending(&mut buf);
+        buf
     }
 }
 
@@ -242,7 +251,7 @@ impl ChunkAppender {
 
     /// Size of the encoded chunk in bytes.
     pub fn byte_len(&self) -> usize {
-        self.w.bytes().len()
+        self.w.byte_len()
     }
 
     /// Appends a sample; timestamps must increase (the head enforces it).
@@ -279,11 +288,8 @@ impl ChunkAppender {
         }
         self.t = t;
         self.v = vb;
+        // The count header is written when the bytes are taken.
         self.num += 1;
-        let n = self.num.to_be_bytes();
-        let b = self.w.bytes_mut();
-        b[0] = n[0];
-        b[1] = n[1];
     }
 
     #[inline]
@@ -318,13 +324,16 @@ impl ChunkAppender {
     }
 
     /// The encoded bytes (header included).
-    pub fn bytes(&self) -> &[u8] {
-        self.w.bytes()
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = self.w.to_bytes();
+        b[..2].copy_from_slice(&self.num.to_be_bytes());
+        b
     }
 
     /// Finishes the chunk.
     pub fn into_bytes(self) -> Vec<u8> {
         let mut b = self.w.into_bytes();
+        b[..2].copy_from_slice(&self.num.to_be_bytes());
         b.shrink_to_fit();
         b
     }
@@ -548,15 +557,20 @@ mod tests {
     proptest! {
         #[test]
         fn write_bits_equals_bit_by_bit(ops in proptest::collection::vec((any::<u64>(), 0u32..=64), 0..64)) {
-            let (mut fast, mut slow) = (BitWriter::new(), BitWriter::new());
+            let mut w = BitWriter::new();
+            let mut bits = Vec::new();
             for &(v, n) in &ops {
-                fast.write_bits(v, n);
-                for i in (0..n).rev() {
-                    slow.write_bit((v >> i) & 1 == 1);
-                }
+                w.write_bits(v, n);
+                bits.extend((0..n).rev().map(|i| (v >> i) & 1 == 1));
             }
-            prop_assert_eq!(fast.bit_len(), slow.bit_len());
-            prop_assert_eq!(fast.bytes(), slow.bytes());
+            let mut want = vec![0u8; bits.len().div_ceil(8)];
+            for (i, &b) in bits.iter().enumerate() {
+                want[i / 8] |= u8::from(b) << (7 - i % 8);
+            }
+            prop_assert_eq!(w.bit_len(), bits.len());
+            prop_assert_eq!(w.byte_len(), want.len());
+            prop_assert_eq!(&w.to_bytes(), &want);
+            prop_assert_eq!(w.into_bytes(), want);
         }
 
         #[test]

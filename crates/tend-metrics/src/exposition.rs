@@ -71,7 +71,7 @@ impl Hasher for KeyHasher {
 
 /// Which `le`/`quantile` normalisation a cached series got (it depends on
 /// the `# TYPE` line in force, so a hit must see the same).
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 enum Norm {
     // The series has neither label: the `# TYPE` context does not matter.
     Insensitive,
@@ -80,6 +80,7 @@ enum Norm {
         has_le: bool,
         has_quantile: bool,
         applied: Option<Kind>,
+        name: Arc<str>,
     },
 }
 
@@ -274,25 +275,21 @@ fn parse_impl(
         if let (Some(c), Some(end)) = (cache.as_deref_mut(), key_end) {
             let g = c.generation;
             if let Some(e) = c.entries.get_mut(&line[..end]) {
-                let valid = match e.norm {
+                let valid = match &e.norm {
                     Norm::Insensitive => true,
                     Norm::Sensitive {
                         has_le,
                         has_quantile,
                         applied,
+                        name,
                     } => {
                         let would = match kind {
-                            Kind::Histogram if has_le => Some(Kind::Histogram),
-                            Kind::Summary if has_quantile => Some(Kind::Summary),
+                            Kind::Histogram if *has_le => Some(Kind::Histogram),
+                            Kind::Summary if *has_quantile => Some(Kind::Summary),
                             _ => None,
                         }
-                        .filter(|_| {
-                            e.labels
-                                .metric_name()
-                                .unwrap_or("")
-                                .starts_with(family.as_str())
-                        });
-                        would == applied
+                        .filter(|_| name.starts_with(family.as_str()));
+                        would == *applied
                     }
                 };
                 if valid {
@@ -323,11 +320,14 @@ fn parse_impl(
         let (has_le, has_quantile) = pairs.iter().fold((false, false), |(l, q), (n, _)| {
             (l || &**n == "le", q || &**n == "quantile")
         });
+        // parse_sample pushes the metric name last.
+        let name = pairs.last().map(|(_, v)| v.clone());
         let mut labels = Labels::new(pairs.drain(..));
         if let Some(c) = cache.as_deref_mut() {
             if let Some(target) = &c.target {
                 labels = labels.merged(target);
             }
+            labels = labels.into_cached();
             // Cache only when the cheap key scan agrees with the parser.
             if key_end == Some(series_end) {
                 let norm = if has_le || has_quantile {
@@ -335,6 +335,7 @@ fn parse_impl(
                         has_le,
                         has_quantile,
                         applied,
+                        name: name.unwrap_or_else(|| "".into()),
                     }
                 } else {
                     Norm::Insensitive

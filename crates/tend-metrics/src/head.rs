@@ -26,6 +26,10 @@ pub(crate) struct HeadChunk {
 /// One series in the head.
 pub(crate) struct MemSeries {
     pub(crate) labels: Labels,
+    // A scrape cache's copy of `labels`: the appender then finds the series
+    // by pointer instead of comparing every string (the cache keeps it alive
+    // anyway, so this costs no memory while the target is scraped).
+    alias: Option<Labels>,
     pub(crate) wal_ref: u64,
     pub(crate) chunks: Vec<HeadChunk>,
     pub(crate) open: ChunkAppender,
@@ -38,6 +42,7 @@ impl MemSeries {
     fn new(labels: Labels, wal_ref: u64) -> Self {
         MemSeries {
             labels,
+            alias: None,
             wal_ref,
             chunks: Vec::new(),
             open: ChunkAppender::new(),
@@ -91,7 +96,7 @@ impl MemSeries {
             }
         }
         if !self.open.is_empty() && self.open.max_t() >= mint && self.open.min_t() <= maxt {
-            out.push(Arc::from(self.open.bytes()));
+            out.push(Arc::from(self.open.to_bytes()));
         }
     }
 }
@@ -157,7 +162,8 @@ impl Head {
     fn lookup(&self, labels: &Labels) -> Option<u32> {
         let h = labels.hash_value();
         let id = *self.by_hash.get(&h)?;
-        if self.series[id as usize].labels == *labels {
+        let s = &self.series[id as usize];
+        if s.alias.as_ref().is_some_and(|a| a.ptr_eq(labels)) || s.labels == *labels {
             return Some(id);
         }
         self.collisions
@@ -194,6 +200,12 @@ impl Head {
     /// Finds or creates a series, enforcing the per-service limit.
     fn get_or_create(&mut self, labels: &Labels) -> Option<u32> {
         if let Some(id) = self.lookup(labels) {
+            if labels.is_cached() {
+                let s = &mut self.series[id as usize];
+                if !s.alias.as_ref().is_some_and(|a| a.ptr_eq(labels)) {
+                    s.alias = Some(labels.clone());
+                }
+            }
             return Some(id);
         }
         let svc = labels.get(SERVICE_LABEL).unwrap_or("");
@@ -203,7 +215,11 @@ impl Head {
         let r = self.next_ref;
         self.next_ref += 1;
         wal::encode_series(&mut self.scratch_series, r, labels);
-        Some(self.insert_series(labels.clone(), r))
+        let id = self.insert_series(labels.clone(), r);
+        if labels.is_cached() {
+            self.series[id as usize].alias = Some(labels.clone());
+        }
+        Some(id)
     }
 
     #[inline]

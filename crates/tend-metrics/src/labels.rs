@@ -22,6 +22,9 @@ struct Inner {
     // never re-hash the strings.
     hash: u64,
     pairs: Box<[Label]>,
+    // Made by a `ScrapeCache`, which keeps this very `Arc` for the series:
+    // the head remembers it to recognise the series by pointer next time.
+    cached: bool,
 }
 
 /// A sorted set of (name, value) pairs including `__name__`; cloning is an `Arc` bump.
@@ -76,7 +79,35 @@ impl Labels {
         Labels(Arc::new(Inner {
             hash,
             pairs: pairs.into_boxed_slice(),
+            cached: false,
         }))
+    }
+
+    /// Marks a label set held by a scrape cache (see `Inner::cached`).
+    pub(crate) fn into_cached(mut self) -> Labels {
+        match Arc::get_mut(&mut self.0) {
+            Some(inner) => inner.cached = true,
+            None => {
+                self = Labels(Arc::new(Inner {
+                    hash: self.0.hash,
+                    pairs: self.0.pairs.clone(),
+                    cached: true,
+                }))
+            }
+        }
+        self
+    }
+
+    /// Whether this set was made by a scrape cache.
+    #[inline]
+    pub(crate) fn is_cached(&self) -> bool {
+        self.0.cached
+    }
+
+    /// The same allocation (not merely equal).
+    #[inline]
+    pub(crate) fn ptr_eq(&self, other: &Labels) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 
     /// A 64-bit hash of the pairs (process-local, not stable across versions).

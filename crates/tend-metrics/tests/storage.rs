@@ -382,3 +382,61 @@ fn data_dir_is_locked() {
     drop(db);
     Tsdb::open(cfg(dir.path())).unwrap();
 }
+
+#[test]
+fn scrape_cache_path_stores_the_same_series_as_plain_parse() {
+    use tend_metrics::exposition::{self, ScrapeCache};
+    let dir = tempfile::tempdir().unwrap();
+    let db = Tsdb::open(cfg(dir.path())).unwrap();
+    let target = Labels::from_pairs(&[("service", "s"), ("instance", "i1")]);
+    let mut cache = ScrapeCache::new();
+    let mut want: Vec<Series> = Vec::new();
+    for k in 0..300i64 {
+        let text = format!(
+            "# TYPE h histogram\nh_bucket{{le=\"1\"}} {k}\nh_bucket{{le=\"+Inf\"}} {}\nreq{{code=\"200\"}} {}\n",
+            k * 2,
+            k * 3
+        );
+        // Alternate the cached and the plain path: both must land on the same series.
+        let t = k * 15_000;
+        let batch = if k % 3 == 0 {
+            let mut v = exposition::parse(&text, None, t).unwrap();
+            for s in &mut v {
+                s.0 = s.0.merged(&target);
+            }
+            v
+        } else {
+            let mut v = Vec::new();
+            cache.parse(&text, None, t, &target, &mut v).unwrap();
+            v
+        };
+        let st = db.append(&batch).unwrap();
+        assert_eq!(st.appended, 3);
+        for (l, t, v) in batch {
+            match want.iter_mut().find(|s| s.labels == l) {
+                Some(s) => s.samples.push((t, v)),
+                None => want.push(Series {
+                    labels: l,
+                    samples: vec![(t, v)],
+                }),
+            }
+        }
+    }
+    assert_eq!(db.stats().head_series, 3);
+    want.sort_by(|a, b| a.labels.cmp(&b.labels));
+    assert_eq!(all(&db), want);
+    assert_eq!(
+        want[0].labels.to_string(),
+        "h_bucket{instance=\"i1\", le=\"+Inf\", service=\"s\"}"
+    );
+    // Survives a restart (WAL replay) and keeps appending to the same series.
+    db.flush().unwrap();
+    drop(db);
+    let db = Tsdb::open(cfg(dir.path())).unwrap();
+    let mut v = Vec::new();
+    cache
+        .parse("req{code=\"200\"} 1\n", None, 300 * 15_000, &target, &mut v)
+        .unwrap();
+    assert_eq!(db.append(&v).unwrap().appended, 1);
+    assert_eq!(db.stats().head_series, 3);
+}

@@ -22,5 +22,7 @@ pub(crate) fn spawn_engine(
     if let Some(url) = &config.pagerduty_url {
         cfg.pagerduty_url = url.clone();
     }
+    cfg.smtp = config.smtp.clone();
+    cfg.alertmanager_url = config.alertmanager_url.clone();
     tend_alerts::spawn(store, tsdb, logs, cfg);
 }

@@ -24,6 +24,7 @@ use tend_store::{NewToken, Store};
 use tokio::net::TcpListener;
 
 pub use openapi::openapi_json;
+pub use tend_alerts::SmtpConfig;
 pub use tend_metrics::remote_write::RemoteWriteConfig;
 
 /// Name of the file, in the data directory, that holds the first admin token.
@@ -60,6 +61,10 @@ pub struct ServerConfig {
     pub alert_interval: std::time::Duration,
     /// Where PagerDuty events go instead of PagerDuty's Events API (tests, proxies).
     pub pagerduty_url: Option<String>,
+    /// The SMTP relay of e-mail channels, if any.
+    pub smtp: Option<SmtpConfig>,
+    /// An Alertmanager that gets every alert as well (base URL), if any.
+    pub alertmanager_url: Option<String>,
 }
 
 impl ServerConfig {
@@ -78,6 +83,8 @@ impl ServerConfig {
             metrics_remote_write: None,
             alert_interval: std::time::Duration::from_secs(5),
             pagerduty_url: None,
+            smtp: None,
+            alertmanager_url: None,
         }
     }
 }

@@ -84,6 +84,9 @@ struct Collector {
     last_scrape: HashMap<String, Instant>,
     /// The series each source reported last time.
     seen: HashMap<Source, HashSet<Labels>>,
+    /// Per scraped instance: raw series text → labels, so known series are
+    /// not re-parsed every scrape (as Prometheus's scrape cache).
+    caches: HashMap<String, Arc<std::sync::Mutex<exposition::ScrapeCache>>>,
 }
 
 /// Starts the collector: collects every `interval` until the process ends.
@@ -106,6 +109,7 @@ pub(crate) fn spawn_collector(deps: CollectorDeps) {
             specs: HashMap::new(),
             last_scrape: HashMap::new(),
             seen: HashMap::new(),
+            caches: HashMap::new(),
         };
         let mut tick = tokio::time::interval(c.deps.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -241,13 +245,21 @@ impl Collector {
                     ep.release.to_string(),
                     service.clone(),
                 );
+                let cache = self.caches.entry(instance.clone()).or_default().clone();
                 scrapes.spawn(async move {
-                    let out = scrape(&http, &url, &service, &team, &release, &instance).await;
+                    let target = [
+                        ("service", &*service),
+                        ("team", &*team),
+                        ("release", &*release),
+                        ("instance", &*instance),
+                    ];
+                    let out = scrape(&http, &url, &target, &cache).await;
                     (Source::Scrape(instance), out)
                 });
             }
         }
         self.last_scrape.retain(|k, _| live_targets.contains(k));
+        self.caches.retain(|k, _| live_targets.contains(k));
 
         for joined in [stats.join_all().await, scrapes.join_all().await] {
             for (source, samples) in joined {
@@ -342,13 +354,15 @@ fn read_snapshot(
 async fn scrape(
     http: &reqwest::Client,
     url: &str,
-    service: &str,
-    team: &str,
-    release: &str,
-    instance: &str,
+    target: &[(&str, &str)],
+    cache: &std::sync::Mutex<exposition::ScrapeCache>,
 ) -> Vec<Sample> {
     let t0 = Instant::now();
     let ts = now_ms();
+    // The target's labels win over the service's own of the same names: they
+    // say where the series came from.
+    let base = Labels::from_pairs(target);
+    let mut out: Vec<Sample> = Vec::new();
     let result = async {
         let resp = http.get(url).send().await.map_err(|e| e.to_string())?;
         if !resp.status().is_success() {
@@ -360,28 +374,16 @@ async fn scrape(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let text = resp.text().await.map_err(|e| e.to_string())?;
-        exposition::parse(&text, ct.as_deref(), ts).map_err(|e| e.to_string())
+        // Parsed and labelled in one pass (`parse` + `merged`, cached).
+        let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+        let parsed = cache.parse(&text, ct.as_deref(), ts, &base, &mut out);
+        drop(cache);
+        parsed.map_err(|e| e.to_string())
     }
     .await;
-    let target = [
-        ("service", service),
-        ("team", team),
-        ("release", release),
-        ("instance", instance),
-    ];
-    // The target's labels win over the service's own of the same names: they
-    // say where the series came from.
-    let base = Labels::from_pairs(&target);
-    let mut out: Vec<Sample> = match &result {
-        Ok(samples) => samples
-            .iter()
-            .map(|(l, t, v)| (l.merged(&base), *t, *v))
-            .collect(),
-        Err(e) => {
-            tracing::debug!(%url, error = %e, "scrape failed");
-            Vec::new()
-        }
-    };
+    if let Err(e) = &result {
+        tracing::debug!(%url, error = %e, "scrape failed");
+    }
     out.push((
         base.with("__name__", "up"),
         ts,

@@ -172,6 +172,21 @@ pub struct ServerArgs {
     /// Send PagerDuty events here instead of PagerDuty's Events API v2 (a proxy or a test receiver)
     #[arg(long, value_name = "URL", hide = true)]
     pub pagerduty_url: Option<String>,
+    /// SMTP relay for e-mail channels: smtp://host:port (plain; add ?tls=required for STARTTLS) or smtps://host:465
+    #[arg(long, value_name = "URL")]
+    pub smtp_url: Option<String>,
+    /// Sender of e-mail notifications, e.g. 'tend <tend@example.com>'
+    #[arg(long, value_name = "ADDRESS", default_value = "tend <tend@localhost>")]
+    pub smtp_from: String,
+    /// SMTP AUTH user name for --smtp-url
+    #[arg(long, value_name = "USER", env = "TEND_SMTP_USERNAME")]
+    pub smtp_username: Option<String>,
+    /// SMTP AUTH password (from the environment only)
+    #[arg(long, env = "TEND_SMTP_PASSWORD", hide_env_values = true, hide = true)]
+    pub smtp_password: Option<String>,
+    /// Also send every alert to this Alertmanager (POST /api/v2/alerts at each evaluation), e.g. http://alertmanager:9093
+    #[arg(long, value_name = "URL")]
+    pub alertmanager_url: Option<String>,
     /// The master key of secrets [default: <data-dir>/master.key, created at first start]
     #[arg(long, env = "TEND_MASTER_KEY_FILE", value_name = "FILE")]
     pub master_key_file: Option<PathBuf>,

@@ -1,7 +1,7 @@
 //! `tend server`.
 
 use anyhow::{Context, Result};
-use tend_server::{RemoteWriteConfig, Server, ServerConfig};
+use tend_server::{RemoteWriteConfig, Server, ServerConfig, SmtpConfig};
 
 use crate::cli::ServerArgs;
 
@@ -15,6 +15,13 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         logs_loki_url: args.logs_loki_url,
         alert_interval: args.alert_interval,
         pagerduty_url: args.pagerduty_url,
+        smtp: args.smtp_url.map(|url| SmtpConfig {
+            url,
+            from: args.smtp_from,
+            username: args.smtp_username,
+            password: args.smtp_password,
+        }),
+        alertmanager_url: args.alertmanager_url,
         master_key_file: args.master_key_file,
         metrics_remote_write: args.metrics_remote_write_url.map(|url| RemoteWriteConfig {
             bearer_token: args.metrics_remote_write_token,
@@ -22,6 +29,14 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         }),
         ..ServerConfig::new(args.data_dir, args.listen, args.router_listen)
     };
+    if let Some(smtp) = &config.smtp {
+        smtp.check().context("bad --smtp-url or --smtp-from")?;
+    }
+    if let Some(url) = &config.alertmanager_url {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            anyhow::bail!("--alertmanager-url must be an http:// or https:// URL, got `{url}`");
+        }
+    }
     let server = Server::bind(&config)
         .await
         .context("cannot start the server")?;
