@@ -3,7 +3,6 @@
 
 use std::ops::Range;
 
-use super::text::value_kind;
 use super::{Got, Tbl, Walker};
 use crate::diagnostic::show;
 use crate::schema::{closest, list_or};
@@ -194,36 +193,11 @@ impl Walker<'_> {
 
     /// `disable = ["high-latency", ...]`: names of default alerts.
     fn disable_list(&mut self, t: &Tbl) -> Option<Vec<String>> {
-        let Some(item) = t.table.get("disable") else {
-            return Some(Vec::new());
-        };
-        let Some(array) = item.as_array() else {
-            let help = item
-                .as_str()
-                .map(|s| format!("use a list: `disable = [\"{}\"]`", show(s)));
-            self.wrong_type(t, "disable", item, "an array of strings", help);
-            return None;
-        };
-        let fallback = self.value_span(t, "disable", item);
+        let (entries, mut ok) = self.string_list(t, "disable", "high-latency")?;
         let mut names = Vec::new();
-        let mut ok = true;
-        for value in array.iter() {
-            let span = value.span().unwrap_or_else(|| fallback.clone());
-            let Some(name) = value.as_str() else {
-                self.report(
-                    span,
-                    format!(
-                        "each entry of `disable` must be a string, found {}",
-                        value_kind(value)
-                    ),
-                    "expected a string",
-                    Some("for example: `disable = [\"high-latency\"]`".into()),
-                );
-                ok = false;
-                continue;
-            };
-            if !DEFAULT_ALERT_NAMES.contains(&name) {
-                let help = match closest(name, DEFAULT_ALERT_NAMES) {
+        for (name, span) in entries {
+            if !DEFAULT_ALERT_NAMES.contains(&name.as_str()) {
+                let help = match closest(&name, DEFAULT_ALERT_NAMES) {
                     Some(fix) => format!("did you mean \"{fix}\"?"),
                     None => format!(
                         "the default alerts are {}",
@@ -232,14 +206,14 @@ impl Walker<'_> {
                 };
                 self.report(
                     span,
-                    format!("unknown default alert \"{}\"", show(name)),
+                    format!("unknown default alert \"{}\"", show(&name)),
                     "unknown alert",
                     Some(help),
                 );
                 ok = false;
                 continue;
             }
-            names.push(name.to_string());
+            names.push(name);
         }
         ok.then_some(names)
     }

@@ -15,7 +15,49 @@ use crate::diagnostic::show;
 use crate::duration::{parse_duration, DurationError};
 use crate::size::{parse_size, suggest_binary_unit, SizeError};
 
+/// The strings of a list with their spans, and whether every entry was one.
+pub(super) type StringList = (Vec<(String, Range<usize>)>, bool);
+
 impl Walker<'_> {
+    /// `key = ["a", "b"]`: each string with its span. A missing key is an
+    /// empty list; a value that is not an array is reported and gives `None`.
+    /// Entries that are not strings are reported and left out, and make the
+    /// returned flag false, so callers still check the others.
+    pub(super) fn string_list(&mut self, t: &Tbl, key: &str, example: &str) -> Option<StringList> {
+        let Some(item) = t.table.get(key) else {
+            return Some((Vec::new(), true));
+        };
+        let Some(array) = item.as_array() else {
+            let help = item
+                .as_str()
+                .map(|s| format!("use a list: `{key} = [\"{}\"]`", show(s)));
+            self.wrong_type(t, key, item, "an array of strings", help);
+            return None;
+        };
+        let fallback = self.value_span(t, key, item);
+        let mut entries = Vec::new();
+        let mut ok = true;
+        for value in array.iter() {
+            let span = value.span().unwrap_or_else(|| fallback.clone());
+            match value.as_str() {
+                Some(s) => entries.push((s.to_string(), span)),
+                None => {
+                    self.report(
+                        span,
+                        format!(
+                            "each entry of `{key}` must be a string, found {}",
+                            super::text::value_kind(value)
+                        ),
+                        "expected a string",
+                        Some(format!("for example: `{key} = [\"{example}\"]`")),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        Some((entries, ok))
+    }
+
     pub(super) fn key_span(&self, t: &Tbl, key: &str) -> Range<usize> {
         t.table
             .key(key)

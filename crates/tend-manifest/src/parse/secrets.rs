@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::text::{is_identifier, value_kind};
+use super::text::is_identifier;
 use super::{Tbl, Walker};
 use crate::diagnostic::show;
 use crate::spec::SecretsSection;
@@ -16,34 +16,10 @@ impl Walker<'_> {
         env: &BTreeMap<String, String>,
     ) -> Option<SecretsSection> {
         self.check_keys(t);
-        let Some(item) = t.table.get("required") else {
-            return Some(SecretsSection::default());
-        };
-        let Some(array) = item.as_array() else {
-            let help = item
-                .as_str()
-                .map(|s| format!("use a list: `required = [\"{}\"]`", show(s)));
-            self.wrong_type(t, "required", item, "an array of strings", help);
-            return None;
-        };
-        let fallback = self.value_span(t, "required", item);
+        let (entries, mut ok) = self.string_list(t, "required", "DATABASE_URL")?;
         let mut names: Vec<String> = Vec::new();
-        let mut ok = true;
-        for value in array.iter() {
-            let span = value.span().unwrap_or_else(|| fallback.clone());
-            let Some(name) = value.as_str() else {
-                self.report(
-                    span,
-                    format!(
-                        "each entry of `required` must be a string, found {}",
-                        value_kind(value)
-                    ),
-                    "expected a string",
-                    Some("for example: `required = [\"DATABASE_URL\"]`".into()),
-                );
-                ok = false;
-                continue;
-            };
+        for (name, span) in entries {
+            let name = name.as_str();
             let problem = if !is_identifier(name) {
                 Some((
                     format!("invalid secret name \"{}\"", show(name)),
