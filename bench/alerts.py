@@ -10,6 +10,12 @@ the Alertmanager-format webhook for that service arrives. No rule is written:
 `high-error-rate` is a default alert (5xx ratio > 5 % over 1 m with at least
 1 request/s). Reported: median, min and max of the N runs.
 
+Each run starts after a random pause (up to 10 s, or up to 60 s with
+--with-prometheus), so the first failing request falls at a random point of
+both pipelines' scrape and evaluation cycles, as real failures do; without it
+a run would start at the same point of Prometheus' cycle as the previous one
+ended (right after an evaluation), which favours neither side fairly.
+
 Before the runs, one single failing request is sent to a healthy service and
 the script checks that nothing is notified within 45 s (no page on one error).
 
@@ -22,10 +28,10 @@ tend's default `high-error-rate` every 1 m; a real Alertmanager
 posts to a second webhook served by this script. Each run then lasts until
 both have notified (minutes), so use few runs.
 
-Usage: cargo build --release -p tend && python3 bench/alerts.py [--runs 10] [--with-prometheus]
+Usage: cargo build --release -p tend && python3 bench/alerts.py [--runs 10] [--with-prometheus] [--seed N]
        (uses target/release, else target/debug)
 """
-import argparse, json, os, shutil, socket, statistics, subprocess, sys, tempfile, threading, time
+import argparse, json, os, random, shutil, socket, statistics, subprocess, sys, tempfile, threading, time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -178,7 +184,11 @@ def main():
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--with-prometheus", action="store_true",
                     help="also measure Prometheus + Alertmanager with default settings (minutes per run)")
+    ap.add_argument("--seed", type=int, default=None, help="seed of the random pauses between runs")
     args = ap.parse_args()
+    seed = args.seed if args.seed is not None else random.randrange(1 << 32)
+    rng = random.Random(seed)
+    print(f"seed {seed}", flush=True)
     kind, tend, app = binaries()
     tmp = tempfile.mkdtemp(prefix="tend-bench-alerts-")
     data = os.path.join(tmp, "data")
@@ -227,6 +237,7 @@ def main():
 
         times, prom_times = [], []
         for i in range(args.runs):
+            time.sleep(rng.uniform(0, 60 if prom else 10))
             load = loads[i]
             load.path = "/status/500"
             wait(lambda: "/status/500" in load.first_at, 5, "first failing request")
@@ -243,7 +254,7 @@ def main():
                 print(f"run {i + 1}: Prometheus + Alertmanager {pdt:.2f} s", flush=True)
             load.path = "/"
         result = {
-            "binary": kind, "runs": len(times),
+            "binary": kind, "runs": len(times), "seed": seed,
             "median_s": round(statistics.median(times), 2),
             "min_s": round(min(times), 2), "max_s": round(max(times), 2),
             "single_failed_request_paged": bool(single),

@@ -105,12 +105,22 @@ fn snapshot(store: &Store) -> Result<Snapshot, StoreError> {
     })
 }
 
+/// Samples the engine brings up to the instant of each evaluation before it
+/// evaluates: counters kept in this process (the router's), which would
+/// otherwise reach the TSDB only at the next scrape, up to a whole scrape
+/// interval after the traffic that should alert.
+pub trait LiveSamples: Send + Sync {
+    /// Appends the current values, stamped `at_ms`, to the TSDB (blocking).
+    fn sample(&self, at_ms: i64);
+}
+
 /// Starts the engine on the current tokio runtime.
 pub fn spawn(
     store: Arc<Store>,
     tsdb: Tsdb,
     logs: tend_logs::Logs,
     cfg: AlertConfig,
+    live: Option<Arc<dyn LiveSamples>>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let http = match reqwest::Client::builder()
@@ -139,6 +149,7 @@ pub fn spawn(
             logs,
             cfg,
             http,
+            live,
             states: HashMap::new(),
             deliveries: Arc::new(tokio::sync::Semaphore::new(MAX_DELIVERIES)),
             first_eval: None,
@@ -161,6 +172,7 @@ struct Engine {
     logs: tend_logs::Logs,
     cfg: AlertConfig,
     http: reqwest::Client,
+    live: Option<Arc<dyn LiveSamples>>,
     /// Alert state per rule key (`service/rule`).
     states: HashMap<String, RuleState>,
     deliveries: Arc<tokio::sync::Semaphore>,
@@ -222,6 +234,9 @@ impl Engine {
         let wall = now_ms();
         let first = *self.first_eval.get_or_insert(wall);
         let now = first + ((wall - first) as f64 / step as f64).round() as i64 * step;
+        if let Some(live) = self.live.clone() {
+            let _ = tokio::task::spawn_blocking(move || live.sample(now)).await;
+        }
         let snap = self.blocking(|s| Ok(snapshot(s)?)).await?;
         let mut rules = Vec::new();
         for (spec, stopped) in &snap.services {

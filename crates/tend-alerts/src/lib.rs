@@ -20,7 +20,7 @@ pub mod notify;
 pub mod rules;
 
 pub use email::SmtpConfig;
-pub use engine::{spawn, AlertConfig};
+pub use engine::{spawn, AlertConfig, LiveSamples};
 
 /// Errors of rule preparation and evaluation.
 #[derive(Debug, thiserror::Error)]

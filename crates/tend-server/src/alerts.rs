@@ -16,6 +16,7 @@ pub(crate) fn spawn_engine(
     store: Arc<Store>,
     tsdb: tend_metrics::Tsdb,
     logs: tend_logs::Logs,
+    live: Arc<dyn tend_alerts::LiveSamples>,
 ) {
     let mut cfg = tend_alerts::AlertConfig::new(format!("http://{api}"));
     cfg.interval = config.alert_interval;
@@ -24,5 +25,5 @@ pub(crate) fn spawn_engine(
     }
     cfg.smtp = config.smtp.clone();
     cfg.alertmanager_url = config.alertmanager_url.clone();
-    tend_alerts::spawn(store, tsdb, logs, cfg);
+    tend_alerts::spawn(store, tsdb, logs, cfg, Some(live));
 }

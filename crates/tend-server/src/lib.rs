@@ -243,17 +243,30 @@ impl Server {
             ),
             None => None,
         };
+        let router_sampler = Arc::new(metrics::RouterSampler::new(
+            router.clone(),
+            store.clone(),
+            tsdb.clone(),
+            remote_write.clone(),
+        ));
         metrics::spawn_collector(metrics::CollectorDeps {
             tsdb: tsdb.clone(),
             store: store.clone(),
             routes: deployer.routes(),
-            router: router.clone(),
+            router: router_sampler.clone(),
             runtime,
             interval: config.scrape_interval,
             remote_write: remote_write.clone(),
         });
         let api_addr = listener.local_addr().unwrap_or(config.listen);
-        alerts::spawn_engine(config, api_addr, store.clone(), tsdb.clone(), logs.clone());
+        alerts::spawn_engine(
+            config,
+            api_addr,
+            store.clone(),
+            tsdb.clone(),
+            logs.clone(),
+            router_sampler,
+        );
         Ok(Self {
             listener,
             router: router.clone(),

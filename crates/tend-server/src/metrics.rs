@@ -12,7 +12,8 @@
 //!   OpenMetrics) of each ready instance of a service that has one, at the
 //!   service's `[metrics] interval` (rounded up to whole ticks); `up` and
 //!   `scrape_duration_seconds` are recorded like Prometheus does;
-//! - the router's traffic metrics.
+//! - the router's traffic metrics ([`RouterSampler`], also taken right before
+//!   every alert evaluation).
 //!
 //! Every series gets the `service`, `team`, `release` and `instance` labels of
 //! where it came from. As in Prometheus, a series that a target stops
@@ -52,19 +53,18 @@ pub(crate) struct CollectorDeps {
     pub tsdb: Tsdb,
     pub store: Arc<Store>,
     pub routes: tokio::sync::watch::Receiver<RoutingTable>,
-    pub router: tend_router::Router,
+    pub router: Arc<RouterSampler>,
     pub runtime: Arc<dyn Runtime>,
     pub interval: Duration,
     pub remote_write: Option<RemoteWriter>,
 }
 
-/// Who a set of series came from, for staleness: an instance's endpoint, an
-/// instance's resource usage, or the router.
+/// Who a set of series came from, for staleness: an instance's endpoint or
+/// an instance's resource usage.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Source {
     Scrape(String),
     Runtime(String),
-    Router,
 }
 
 /// What one store read tells the collector.
@@ -145,6 +145,8 @@ impl Collector {
             Err(_) => return,
         };
         self.specs.extend(snap.specs);
+        let router = self.deps.router.clone();
+        let _ = tokio::task::spawn_blocking(move || router.sample(now_ms())).await;
         let mut batch: Vec<Sample> = Vec::new();
         let mut reported: HashMap<Source, HashSet<Labels>> = HashMap::new();
 
@@ -268,24 +270,6 @@ impl Collector {
             }
         }
 
-        // The router's traffic metrics, per service and instance.
-        let mut text = String::new();
-        self.deps.router.render_prometheus(&mut text);
-        let ts = now_ms();
-        if let Ok(samples) = exposition::parse(&text, None, ts) {
-            let mut seen = HashSet::with_capacity(samples.len());
-            for (l, t, v) in samples {
-                let team = l.get("service").and_then(|s| snap.owners.get(s)).cloned();
-                let l = match team {
-                    Some(team) => l.with("team", &team),
-                    None => l,
-                };
-                seen.insert(l.clone());
-                batch.push((l, t, v));
-            }
-            reported.insert(Source::Router, seen);
-        }
-
         // Stale markers for what was reported last time and not now.
         let ts = now_ms();
         let stale = f64::from_bits(STALE_NAN_BITS);
@@ -313,6 +297,95 @@ impl Collector {
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot store collected samples"),
             _ => {}
         }
+    }
+}
+
+/// Takes the router's traffic metrics (per service and instance) into the
+/// TSDB. They live in this process, so taking them costs no request: the
+/// collector takes them every scrape interval, and the alerting engine right
+/// before every evaluation, so traffic alerts see the instant they evaluate.
+pub(crate) struct RouterSampler {
+    router: tend_router::Router,
+    store: Arc<Store>,
+    tsdb: Tsdb,
+    remote_write: Option<RemoteWriter>,
+    /// Held for a whole sample, so two samples never interleave their appends.
+    last: std::sync::Mutex<RouterSeries>,
+}
+
+/// What the last router sample reported.
+#[derive(Default)]
+struct RouterSeries {
+    at_ms: i64,
+    seen: HashSet<Labels>,
+}
+
+impl RouterSampler {
+    pub(crate) fn new(
+        router: tend_router::Router,
+        store: Arc<Store>,
+        tsdb: Tsdb,
+        remote_write: Option<RemoteWriter>,
+    ) -> Self {
+        Self {
+            router,
+            store,
+            tsdb,
+            remote_write,
+            last: Default::default(),
+        }
+    }
+
+    /// Appends the router's counters stamped `at_ms` (or just after the last
+    /// sample, which a caller's clock may not have passed yet), with stale
+    /// markers for series gone since the last sample. Blocking.
+    pub(crate) fn sample(&self, at_ms: i64) {
+        let owners: HashMap<String, String> = match self.store.read(|tx| tx.services(None)) {
+            Ok(services) => services
+                .into_iter()
+                .map(|r| (r.name.to_string(), r.owner.to_string()))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "router metrics not taken: cannot read owners");
+                return;
+            }
+        };
+        let Ok(mut last) = self.last.lock() else {
+            return;
+        };
+        let ts = at_ms.max(last.at_ms + 1);
+        let mut text = String::new();
+        self.router.render_prometheus(&mut text);
+        let Ok(samples) = exposition::parse(&text, None, ts) else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(samples.len());
+        let mut seen = HashSet::with_capacity(samples.len());
+        for (l, t, v) in samples {
+            let l = match l.get("service").and_then(|s| owners.get(s)) {
+                Some(team) => l.with("team", team),
+                None => l,
+            };
+            seen.insert(l.clone());
+            batch.push((l, t, v));
+        }
+        let stale = f64::from_bits(STALE_NAN_BITS);
+        for l in last.seen.difference(&seen) {
+            batch.push((l.clone(), ts, stale));
+        }
+        *last = RouterSeries { at_ms: ts, seen };
+        if let Some(rw) = &self.remote_write {
+            rw.push(&batch);
+        }
+        if let Err(e) = self.tsdb.append(&batch) {
+            tracing::warn!(error = %e, "cannot store the router's metrics");
+        }
+    }
+}
+
+impl tend_alerts::LiveSamples for RouterSampler {
+    fn sample(&self, at_ms: i64) {
+        RouterSampler::sample(self, at_ms)
     }
 }
 
