@@ -406,7 +406,10 @@ impl Engine {
                 if stopped {
                     return Ok(vec![]);
                 }
-                Ok(snap
+                // One element for the service, not one per instance: an
+                // instance that fails its checks is replaced by a new one
+                // (a new id, starting), and the gap must not start over.
+                let not_ready = snap
                     .instances
                     .get(rule.service.as_str())
                     .map(|list| {
@@ -414,16 +417,14 @@ impl Engine {
                             .filter(|(_, s)| {
                                 !matches!(s, InstanceState::Ready | InstanceState::Draining)
                             })
-                            .map(|(id, s)| {
-                                let l = BTreeMap::from([
-                                    ("instance".to_string(), id.clone()),
-                                    ("state".to_string(), s.as_str().to_string()),
-                                ]);
-                                (l, 1.0)
-                            })
-                            .collect()
+                            .count()
                     })
-                    .unwrap_or_default())
+                    .unwrap_or(0);
+                Ok(if not_ready > 0 {
+                    vec![(BTreeMap::new(), not_ready as f64)]
+                } else {
+                    vec![]
+                })
             }
         }
     }

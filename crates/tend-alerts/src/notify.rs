@@ -87,6 +87,8 @@ fn annotations(n: &Notice<'_>, a: &IncidentAlert) -> BTreeMap<String, String> {
     out.insert("what_changed".into(), what_changed(n.context));
     out.insert("error_logs".into(), n.context.error_logs.join("\n"));
     out.insert("rollback".into(), n.context.rollback.clone());
+    // The value that fired, as Prometheus formats `$value`.
+    out.insert("value".into(), crate::rules::format_value(a.value));
     if let Some(rb) = &n.context.runbook {
         out.entry("runbook_url".into())
             .or_insert_with(|| rb.clone());

@@ -37,8 +37,9 @@ pub enum Condition {
         /// Events needed.
         threshold: u32,
     },
-    /// One element per instance of the service that is not ready (starting,
-    /// unhealthy, crashed, waiting to restart); `for` makes it "for longer than".
+    /// One element while the service has instances not ready (starting,
+    /// unhealthy, crashed, waiting to restart), valued their number; `for`
+    /// makes it "for longer than".
     InstancesNotReady,
 }
 
@@ -122,6 +123,11 @@ fn secs(d: Duration) -> String {
     tend_manifest::format_duration(d)
 }
 
+/// `d` as a PromQL duration (whole milliseconds, which every parser takes).
+fn promql_duration(d: Duration) -> String {
+    format!("{}ms", d.as_millis().max(1))
+}
+
 /// The rules of one service: its defaults (as `[alert_defaults]` sets them)
 /// and its own `[[alerts]]`.
 pub fn service_rules(spec: &ServiceSpec) -> Result<Vec<Rule>, AlertError> {
@@ -169,9 +175,9 @@ pub fn service_rules(spec: &ServiceSpec) -> Result<Vec<Rule>, AlertError> {
         Condition::InstancesNotReady,
         d.not_ready_for,
         Severity::Page,
-        format!("{s}: instance {{{{ $labels.instance }}}} not ready"),
+        format!("{s}: {{{{ $value }}}} instance(s) not ready"),
         format!(
-            "instance {{{{ $labels.instance }}}} of {s} has not been ready for more than {}",
+            "{s} has had instances not ready (starting, unhealthy or waiting to restart) for more than {}; now {{{{ $value }}}}; see `tend status {s}`",
             secs(d.not_ready_for)
         ),
     );
@@ -222,24 +228,28 @@ pub fn service_rules(spec: &ServiceSpec) -> Result<Vec<Rule>, AlertError> {
             r#"histogram_quantile(0.99, sum by (service, team, le) (rate(tend_http_request_duration_seconds_bucket{{service="{s}"}}[{range}]{offset})))"#
         )
     };
-    let rate_5m =
-        format!(r#"sum by (service, team) (rate(tend_http_requests_total{{service="{s}"}}[5m]))"#);
+    let window = promql_duration(d.latency_window);
+    let rate_window = format!(
+        r#"sum by (service, team) (rate(tend_http_requests_total{{service="{s}"}}[{window}]))"#
+    );
     rule(
         "high-latency",
         Condition::PromQl(format!(
             "({now} > {factor} * {base}) and {now} > 0.1 and {rate} >= {rps}",
-            now = p99("5m", ""),
-            base = p99("1h", " offset 5m"),
+            now = p99(&window, ""),
+            base = p99(&promql_duration(d.latency_baseline), &format!(" offset {window}")),
             factor = d.latency_factor,
             rps = d.error_min_rps,
-            rate = rate_5m,
+            rate = rate_window,
         )),
         d.latency_for,
         Severity::Ticket,
         format!("{s} is slower than usual"),
         format!(
-            "p99 latency of {s} is {{{{ $value }}}}s, more than {} times its level of the hour before",
-            d.latency_factor
+            "p99 latency of {s} over the last {} is {{{{ $value }}}}s, more than {} times its level in the {} before",
+            secs(d.latency_window),
+            d.latency_factor,
+            secs(d.latency_baseline)
         ),
     );
     if let Some(limit) = spec.run.memory {
@@ -249,7 +259,7 @@ pub fn service_rules(spec: &ServiceSpec) -> Result<Vec<Rule>, AlertError> {
                 r#"max by (service, team, instance) (process_resident_memory_bytes{{service="{s}",job="runtime"}}) > {}"#,
                 (limit as f64 * d.memory_ratio).floor()
             )),
-            Duration::from_secs(60),
+            d.memory_for,
             Severity::Ticket,
             format!("{s}: instance {{{{ $labels.instance }}}} is near its memory limit"),
             format!("instance {{{{ $labels.instance }}}} uses {{{{ $value }}}} bytes of its {limit}-byte limit"),

@@ -421,9 +421,14 @@ pub struct SetRotation {
     /// Local time of the hand-off, `HH:MM` (default `09:00`).
     #[serde(default)]
     pub handoff_time: Option<String>,
-    /// The team's offset from UTC, `+HH:MM` or `-HH:MM` (default `+00:00`).
+    /// The team's offset from UTC, `+HH:MM` or `-HH:MM` (default `+00:00`);
+    /// hand-offs then come every 24 h or 7 days exactly.
     #[serde(default)]
     pub utc_offset: Option<String>,
+    /// The team's time zone, an IANA name such as `Europe/Paris` (instead of
+    /// `utc_offset`): hand-offs keep their local time across daylight saving.
+    #[serde(default)]
+    pub time_zone: Option<String>,
 }
 
 /// `POST /api/v1/teams/{team}/overrides`.

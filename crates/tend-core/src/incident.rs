@@ -202,9 +202,74 @@ pub struct Rotation {
     pub handoff: Handoff,
     /// The start of the first member's first shift (a hand-off instant).
     pub anchor: Timestamp,
-    /// The team's time zone as an offset from UTC, in minutes (for display;
-    /// the anchor already fixes the hand-off instant).
+    /// The team's offset from UTC in minutes, when it has no `time_zone`
+    /// (hand-offs then come every 24 h or 7 days exactly).
     pub utc_offset_minutes: i32,
+    /// The team's time zone (an IANA name such as `Europe/Paris`): hand-offs
+    /// stay at the same local time across its daylight-saving changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+}
+
+/// The IANA time zone named `name` (`Europe/Paris`, `UTC`), as its canonical name.
+pub fn parse_time_zone(name: &str) -> Result<String, String> {
+    jiff::tz::TimeZone::get(name)
+        .ok()
+        .and_then(|tz| tz.iana_name().map(str::to_string))
+        .ok_or_else(|| {
+            format!("unknown time zone {name:?}: use an IANA name such as Europe/Paris or America/New_York")
+        })
+}
+
+/// The latest hand-off instant at or before `now` at `minute_of_day` local
+/// time: today's, or yesterday's if today's is still to come. Local time is
+/// `time_zone`'s when given (a valid IANA name), else `utc_offset_minutes` from UTC.
+pub fn latest_handoff(
+    now: Timestamp,
+    minute_of_day: i64,
+    utc_offset_minutes: i32,
+    time_zone: Option<&str>,
+) -> Timestamp {
+    const DAY: i64 = 24 * 3600 * 1000;
+    if let Some(tz) = time_zone.and_then(|n| jiff::tz::TimeZone::get(n).ok()) {
+        let at_day = |days_back: i64| -> Option<i64> {
+            let today = jiff::Timestamp::from_millisecond(now.as_millis())
+                .ok()?
+                .to_zoned_datetime(tz.clone())
+                .date();
+            let day = today
+                .checked_sub(jiff::Span::new().try_days(days_back).ok()?)
+                .ok()?;
+            let t = jiff::civil::Time::new(
+                (minute_of_day / 60) as i8,
+                (minute_of_day % 60) as i8,
+                0,
+                0,
+            )
+            .ok()?;
+            local_instant(&tz, day.to_datetime(t))
+        };
+        if let Some(at) = at_day(0)
+            .filter(|&at| at <= now.as_millis())
+            .or_else(|| at_day(1))
+        {
+            return Timestamp::from_millis(at);
+        }
+    }
+    let offset = i64::from(utc_offset_minutes) * 60_000;
+    let local = now.as_millis() + offset;
+    let mut at = local.div_euclid(DAY) * DAY + minute_of_day * 60_000;
+    if at > local {
+        at -= DAY;
+    }
+    Timestamp::from_millis(at - offset)
+}
+
+/// The instant of a local date and time in `tz`: in a gap (clocks jumping
+/// forward) the time after it; in a fold (clocks going back) the first one.
+fn local_instant(tz: &jiff::tz::TimeZone, dt: jiff::civil::DateTime) -> Option<i64> {
+    let z = tz.to_ambiguous_zoned_datetime(dt).compatible().ok()?;
+    Some(z.timestamp().as_millisecond())
 }
 
 impl Rotation {
@@ -215,10 +280,43 @@ impl Rotation {
         }
         let period = self.handoff.period_ms();
         let since = now.as_millis() - self.anchor.as_millis();
-        let shift = since.div_euclid(period);
+        let estimate = since.div_euclid(period);
+        let (shift, ends) = match self.zoned_start(estimate) {
+            // Shifts of whole local days: the estimate from elapsed time is at
+            // most one off, by a daylight-saving change.
+            Some(_) => {
+                let start = |k: i64| self.zoned_start(k).unwrap_or(i64::MAX);
+                let mut k = estimate;
+                while start(k) > now.as_millis() {
+                    k -= 1;
+                }
+                while start(k + 1) <= now.as_millis() {
+                    k += 1;
+                }
+                (k, start(k + 1))
+            }
+            None => (estimate, self.anchor.as_millis() + (estimate + 1) * period),
+        };
         let idx = shift.rem_euclid(self.members.len() as i64) as usize;
-        let ends = self.anchor.as_millis() + (shift + 1) * period;
         Some((idx, Timestamp::from_millis(ends)))
+    }
+
+    /// The start of shift `k` (the anchor's is 0) on the local calendar of
+    /// `time_zone`; `None` without a (known) zone.
+    fn zoned_start(&self, k: i64) -> Option<i64> {
+        let tz = jiff::tz::TimeZone::get(self.time_zone.as_deref()?).ok()?;
+        let days = match self.handoff {
+            Handoff::Daily => k,
+            Handoff::Weekly => k.checked_mul(7)?,
+        };
+        let anchor = jiff::Timestamp::from_millisecond(self.anchor.as_millis())
+            .ok()?
+            .to_zoned_datetime(tz.clone())
+            .datetime();
+        let dt = anchor
+            .checked_add(jiff::Span::new().try_days(days).ok()?)
+            .ok()?;
+        local_instant(&tz, dt)
     }
 }
 
@@ -422,6 +520,7 @@ mod tests {
             handoff: Handoff::Daily,
             anchor: Timestamp::from_millis(100 * 24 * H + 9 * H),
             utc_offset_minutes: 60,
+            time_zone: None,
         };
         let at = |h: i64| Timestamp::from_millis(100 * 24 * H + h * H);
         assert_eq!(r.shift_at(at(9)).unwrap().0, 0);
@@ -434,6 +533,81 @@ mod tests {
     }
 
     #[test]
+    fn hand_off_anchor_at_a_fixed_offset_is_the_latest_local_hand_off() {
+        // 2026-12-01 10:00 UTC; hand-off 09:00 at +02:00 = 07:00 UTC today.
+        let now = Timestamp::from_millis(20_423 * 24 * H + 10 * H);
+        assert_eq!(
+            latest_handoff(now, 9 * 60, 120, None).as_millis(),
+            20_423 * 24 * H + 7 * H
+        );
+        // Hand-off 12:00 at +00:00 is still to come: yesterday's.
+        assert_eq!(
+            latest_handoff(now, 12 * 60, 0, None).as_millis(),
+            20_422 * 24 * H + 12 * H
+        );
+    }
+
+    /// 2027-03-28 is the night Paris moves from UTC+1 to UTC+2; 2027-10-31 back.
+    #[test]
+    fn zoned_hand_offs_keep_their_local_time_across_daylight_saving() {
+        let utc = |s: &str| {
+            Timestamp::from_millis(s.parse::<jiff::Timestamp>().unwrap().as_millisecond())
+        };
+        let paris = Some("Europe/Paris");
+        // The anchor: the latest 09:00 in Paris before 10:00 Paris time on the 26th.
+        let anchor = latest_handoff(utc("2027-03-26T09:00:00Z"), 9 * 60, 0, paris);
+        assert_eq!(anchor, utc("2027-03-26T08:00:00Z"));
+        // Before 09:00 local, it is yesterday's.
+        let earlier = latest_handoff(utc("2027-03-26T07:59:00Z"), 9 * 60, 0, paris);
+        assert_eq!(earlier, utc("2027-03-25T08:00:00Z"));
+        let r = Rotation {
+            members: vec![n("alice"), n("bob"), n("carol")],
+            handoff: Handoff::Daily,
+            anchor,
+            utc_offset_minutes: 0,
+            time_zone: Some("Europe/Paris".into()),
+        };
+        // 27th (winter): 09:00 Paris = 08:00 UTC. 28th, 29th (summer): 07:00 UTC.
+        assert_eq!(
+            r.shift_at(utc("2027-03-27T07:59:00Z")),
+            Some((0, utc("2027-03-27T08:00:00Z")))
+        );
+        assert_eq!(
+            r.shift_at(utc("2027-03-27T08:00:00Z")),
+            Some((1, utc("2027-03-28T07:00:00Z")))
+        );
+        assert_eq!(
+            r.shift_at(utc("2027-03-28T07:30:00Z")),
+            Some((2, utc("2027-03-29T07:00:00Z")))
+        );
+        // Seven months on, back in winter: still 09:00 local (08:00 UTC).
+        let (_, ends) = r.shift_at(utc("2027-11-02T12:00:00Z")).unwrap();
+        assert_eq!(ends, utc("2027-11-03T08:00:00Z"));
+        // Weekly shifts too, and a fixed offset does not move.
+        let weekly = Rotation {
+            handoff: Handoff::Weekly,
+            ..r.clone()
+        };
+        assert_eq!(
+            weekly.shift_at(utc("2027-03-30T00:00:00Z")),
+            Some((0, utc("2027-04-02T07:00:00Z")))
+        );
+        let fixed = Rotation {
+            time_zone: None,
+            utc_offset_minutes: 60,
+            ..r
+        };
+        assert_eq!(
+            fixed.shift_at(utc("2027-03-28T07:30:00Z")).unwrap().1,
+            utc("2027-03-28T08:00:00Z")
+        );
+        assert!(parse_time_zone("Mars/Olympus")
+            .unwrap_err()
+            .contains("IANA"));
+        assert_eq!(parse_time_zone("Europe/Paris").unwrap(), "Europe/Paris");
+    }
+
+    #[test]
     fn an_override_wins_over_the_rotation() {
         let team = TeamName::parse("payments").unwrap();
         let r = Rotation {
@@ -441,6 +615,7 @@ mod tests {
             handoff: Handoff::Weekly,
             anchor: Timestamp::from_millis(0),
             utc_offset_minutes: 0,
+            time_zone: None,
         };
         let o = OncallOverride {
             id: 1,

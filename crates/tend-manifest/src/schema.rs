@@ -165,7 +165,10 @@ pub(crate) const ALERT_DEFAULTS: &[Field] = &[
     field("error_for", "error_for = \"1m\""),
     field("latency_factor", "latency_factor = 3"),
     field("latency_for", "latency_for = \"5m\""),
+    field("latency_window", "latency_window = \"5m\""),
+    field("latency_baseline", "latency_baseline = \"1h\""),
     field("memory_ratio", "memory_ratio = 0.9"),
+    field("memory_for", "memory_for = \"1m\""),
 ];
 
 /// `[metrics]`.

@@ -334,8 +334,20 @@ pub struct AlertDefaults {
     #[serde(with = "serde_duration")]
     #[schema(value_type = String, example = "5m")]
     pub latency_for: Duration,
+    /// The window p99 latency is measured over.
+    #[serde(with = "serde_duration")]
+    #[schema(value_type = String, example = "5m")]
+    pub latency_window: Duration,
+    /// The window of the baseline p99, just before `latency_window`.
+    #[serde(with = "serde_duration")]
+    #[schema(value_type = String, example = "1h")]
+    pub latency_baseline: Duration,
     /// Memory use, as a share of the `[run] memory` limit, that alerts.
     pub memory_ratio: f64,
+    /// How long memory use must stay high before it alerts.
+    #[serde(with = "serde_duration")]
+    #[schema(value_type = String, example = "1m")]
+    pub memory_for: Duration,
 }
 
 impl Default for AlertDefaults {
@@ -354,7 +366,10 @@ impl Default for AlertDefaults {
             error_for: Duration::ZERO,
             latency_factor: 3.0,
             latency_for: Duration::from_secs(5 * 60),
+            latency_window: Duration::from_secs(5 * 60),
+            latency_baseline: Duration::from_secs(60 * 60),
             memory_ratio: 0.9,
+            memory_for: Duration::from_secs(60),
         }
     }
 }

@@ -718,18 +718,19 @@ impl Tx<'_> {
         let id = self.team_id(team)?;
         let members = serde_json::to_string(&r.members).map_err(|e| corrupt("members", e))?;
         self.txn.execute(
-            "INSERT INTO oncall_rotations(team_id, members, handoff, anchor, utc_offset_minutes, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+            "INSERT INTO oncall_rotations(team_id, members, handoff, anchor, utc_offset_minutes, updated_at, time_zone)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT(team_id) DO UPDATE SET members = excluded.members, handoff = excluded.handoff,
                anchor = excluded.anchor, utc_offset_minutes = excluded.utc_offset_minutes,
-               updated_at = excluded.updated_at",
+               updated_at = excluded.updated_at, time_zone = excluded.time_zone",
             params![
                 id,
                 members,
                 r.handoff.as_str(),
                 r.anchor.as_millis(),
                 r.utc_offset_minutes,
-                self.now.as_millis()
+                self.now.as_millis(),
+                r.time_zone
             ],
         )?;
         Ok(())
@@ -757,7 +758,7 @@ impl Tx<'_> {
         let row = self
             .txn
             .query_row(
-                "SELECT members, handoff, anchor, utc_offset_minutes FROM oncall_rotations
+                "SELECT members, handoff, anchor, utc_offset_minutes, time_zone FROM oncall_rotations
                  WHERE team_id = ?1",
                 [id],
                 |r| {
@@ -766,17 +767,19 @@ impl Tx<'_> {
                         r.get::<_, String>(1)?,
                         r.get::<_, i64>(2)?,
                         r.get::<_, i64>(3)?,
+                        r.get::<_, Option<String>>(4)?,
                     ))
                 },
             )
             .optional()?;
-        row.map(|(members, handoff, anchor, offset)| {
+        row.map(|(members, handoff, anchor, offset, time_zone)| {
             Ok(Rotation {
                 members: serde_json::from_str::<Vec<TokenName>>(&members)
                     .map_err(|e| corrupt("rotation members", e))?,
                 handoff: Handoff::parse(&handoff).ok_or_else(|| corrupt("handoff", &handoff))?,
                 anchor: ts(anchor),
                 utc_offset_minutes: offset as i32,
+                time_zone,
             })
         })
         .transpose()
@@ -1102,6 +1105,7 @@ mod tests {
             handoff: Handoff::Weekly,
             anchor: Timestamp::from_millis(5),
             utc_offset_minutes: -300,
+            time_zone: Some("America/New_York".into()),
         };
         store.write(|tx| tx.set_rotation(&team, &r)).unwrap();
         assert_eq!(store.read(|tx| tx.rotation(&team)).unwrap(), Some(r));

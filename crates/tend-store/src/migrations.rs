@@ -289,6 +289,10 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL
     ) STRICT;
     "#,
+    // v5: a rotation's IANA time zone (hand-offs follow its daylight saving).
+    r#"
+    ALTER TABLE oncall_rotations ADD COLUMN time_zone TEXT;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -114,8 +114,17 @@ struct Load {
 
 impl Load {
     fn start(router_url: &str, host: &str, per_second: u32) -> Self {
+        Self::start_path(router_url, host, "/", per_second)
+    }
+
+    /// At most `per_second` requests to `path`, one at a time.
+    fn start_path(router_url: &str, host: &str, path: &str, per_second: u32) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let (s, url, host) = (stop.clone(), format!("{router_url}/"), host.to_string());
+        let (s, url, host) = (
+            stop.clone(),
+            format!("{router_url}{path}"),
+            host.to_string(),
+        );
         let thread = std::thread::spawn(move || {
             let http = reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(5))
@@ -529,4 +538,188 @@ fn bad_promql_is_a_manifest_error_with_line_and_column() {
     let err = stderr(&o);
     assert!(err.contains("invalid PromQL"), "{err}");
     assert!(err.contains("tend.toml:9:8"), "{err}");
+}
+
+/// A manifest for the sample app with a `[run]` and `[health]` of the test's choosing.
+fn custom_service(name: &str, run: &str, health: &str, alert_defaults: &str) -> ServiceDir {
+    let svc = ServiceDir::new(name, 1, &[], "");
+    std::fs::write(
+        svc.path().join("tend.toml"),
+        format!(
+            "[service]\nname = \"{name}\"\nowner = \"payments\"\n\n\
+             [run]\ncommand = \"./app\"\ngrace_period = \"1s\"\n{run}\n\
+             [health]\ninterval = \"200ms\"\ntimeout = \"500ms\"\nunhealthy_threshold = 3\nstart_period = \"1s\"\n{health}\n\
+             [deploy]\nverify = \"1s\"\nhealthy_deadline = \"10s\"\n\n\
+             [alert_defaults]\n{alert_defaults}\n"
+        ),
+    )
+    .unwrap();
+    svc
+}
+
+fn alertname(v: &Value) -> &str {
+    labels(v)["alertname"].as_str().unwrap_or("")
+}
+
+#[test]
+fn slowness_memory_and_unready_instances_alert_without_rules() {
+    let p = platform(&[]);
+    let _cleanup = KillInstances(p.server.data_dir.clone());
+    let hook = Receiver::start(0);
+    ok(&p.tend(&[
+        "teams",
+        "channels",
+        "add",
+        "payments",
+        "--webhook",
+        &hook.url,
+    ]));
+    let flags = tempfile::tempdir().unwrap();
+    let down = flags.path().join("down");
+
+    // Three services, each with windows short enough for a test.
+    let slow = custom_service(
+        "slow",
+        "",
+        "http = \"/healthz\"",
+        "latency_window = \"10s\"\nlatency_baseline = \"30s\"\nlatency_for = \"0s\"",
+    );
+    let leaky = custom_service(
+        "leaky",
+        "memory = \"512MiB\"",
+        "http = \"/healthz\"",
+        "memory_ratio = 0.15\nmemory_for = \"1s\"\n\n[env]\nSAMPLE_LEAK_MB_PER_SEC = \"8\"",
+    );
+    let flag = custom_service(
+        "flag",
+        "",
+        &format!("exec = \"test ! -e {}\"", down.display()),
+        "not_ready_for = \"2s\"",
+    );
+    for svc in [&slow, &leaky, &flag] {
+        ok(&p.deploy(svc));
+    }
+    let fast = Load::start(&p.server.router_url, "slow.localhost", 20);
+    let deployed = Instant::now();
+
+    // `memory-near-limit`: 8 MiB/s passes 15 % of 512 MiB (77 MiB) in ~10 s.
+    let (_, body) = hook.wait_for("memory-near-limit", Duration::from_secs(60), |v| {
+        alertname(v) == "memory-near-limit" && v["status"] == "firing"
+    });
+    assert_eq!(labels(&body)["service"], "leaky");
+    assert_eq!(labels(&body)["team"], "payments");
+    assert_eq!(labels(&body)["severity"], "ticket");
+    let value: f64 = body["alerts"][0]["annotations"]["value"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no value in {body:#}"));
+    assert!(value > 0.15 * 512.0 * 1024.0 * 1024.0, "{value}");
+    ok(&p.tend(&["stop", "leaky"]));
+
+    // `instances-not-ready`: the check fails from now on; the instance is
+    // replaced, and the new one never becomes ready either.
+    std::fs::write(&down, "").unwrap();
+    let broke = Instant::now();
+    let (at, body) = hook.wait_for("instances-not-ready", Duration::from_secs(60), |v| {
+        alertname(v) == "instances-not-ready" && v["status"] == "firing"
+    });
+    assert_eq!(labels(&body)["service"], "flag");
+    assert_eq!(labels(&body)["severity"], "page");
+    assert!(
+        at.duration_since(broke) >= Duration::from_secs(2),
+        "paged {:?} after the check started failing, before not_ready_for",
+        at.duration_since(broke)
+    );
+    // Healthy again: it resolves.
+    std::fs::remove_file(&down).unwrap();
+    hook.wait_for(
+        "instances-not-ready resolved",
+        Duration::from_secs(60),
+        |v| alertname(v) == "instances-not-ready" && v["status"] == "resolved",
+    );
+
+    // `high-latency`: 30 s of fast answers make the baseline, then every
+    // request takes 300 ms.
+    let baseline_until = deployed + Duration::from_secs(35);
+    if let Some(left) = baseline_until.checked_duration_since(Instant::now()) {
+        std::thread::sleep(left);
+    }
+    assert!(
+        hook.bodies()
+            .iter()
+            .all(|(_, v)| alertname(v) != "high-latency"),
+        "high-latency before the service slowed down: {:#?}",
+        hook.bodies()
+    );
+    drop(fast);
+    let _slow_load = Load::start_path(&p.server.router_url, "slow.localhost", "/work?ms=300", 20);
+    let (_, body) = hook.wait_for("high-latency", Duration::from_secs(60), |v| {
+        alertname(v) == "high-latency" && v["status"] == "firing"
+    });
+    assert_eq!(labels(&body)["service"], "slow");
+    assert_eq!(labels(&body)["severity"], "ticket");
+    let p99: f64 = body["alerts"][0]["annotations"]["value"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no value in {body:#}"));
+    assert!((0.25..=0.5).contains(&p99), "p99 {p99}");
+}
+
+#[test]
+fn rotations_hand_off_at_local_time_in_a_named_time_zone() {
+    let p = platform(&[]);
+    for who in ["alice", "bob"] {
+        ok(&p.tend(&["tokens", "create", "--name", who, "--team", "payments"]));
+    }
+    let out = ok(&p.tend(&[
+        "oncall",
+        "rotation",
+        "payments",
+        "--members",
+        "alice,bob",
+        "--handoff",
+        "daily",
+        "--at",
+        "09:00",
+        "--time-zone",
+        "Europe/Paris",
+    ]));
+    assert!(out.contains("(Europe/Paris)"), "{out}");
+    let all: Value =
+        serde_json::from_str(&ok(&p.tend(&["oncall", "payments", "-o", "json"]))).unwrap();
+    let oc = &all[0];
+    assert_eq!(oc["rotation"]["time_zone"], "Europe/Paris");
+    assert_eq!(oc["member"], "alice");
+    // 09:00 in Paris is 08:00 UTC in winter, 07:00 UTC in summer.
+    let until = oc["until"].as_str().unwrap();
+    assert!(
+        until.contains("T08:00:00") || until.contains("T07:00:00"),
+        "{until}"
+    );
+
+    // A zone that does not exist, or a zone and an offset at once: 400s that say so.
+    let bad = p.tend(&[
+        "oncall",
+        "rotation",
+        "payments",
+        "--members",
+        "alice",
+        "--time-zone",
+        "Mars/Olympus",
+    ]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("IANA name"), "{}", stderr(&bad));
+    let both = p
+        .server
+        .http()
+        .put(format!("{}/api/v1/teams/payments/rotation", p.server.url))
+        .bearer_auth(&p.admin)
+        .json(&serde_json::json!({
+            "members": ["alice"], "handoff": "daily",
+            "time_zone": "Europe/Paris", "utc_offset": "+01:00"
+        }))
+        .send()
+        .unwrap();
+    assert_eq!(both.status(), 400);
+    assert!(both.text().unwrap().contains("not both"));
 }

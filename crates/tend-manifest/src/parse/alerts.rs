@@ -145,7 +145,10 @@ impl Walker<'_> {
         let error_for = self.duration(t, "error_for", true);
         let latency_factor = self.positive_number(t, "latency_factor");
         let latency_for = self.duration(t, "latency_for", true);
+        let latency_window = self.duration(t, "latency_window", false);
+        let latency_baseline = self.duration(t, "latency_baseline", false);
         let memory_ratio = self.ratio(t, "memory_ratio");
+        let memory_for = self.duration(t, "memory_for", true);
         macro_rules! take {
             ($got:expr, $default:expr) => {
                 match $got {
@@ -168,7 +171,10 @@ impl Walker<'_> {
             error_for: take!(error_for, d.error_for),
             latency_factor: take!(latency_factor, d.latency_factor),
             latency_for: take!(latency_for, d.latency_for),
+            latency_window: take!(latency_window, d.latency_window),
+            latency_baseline: take!(latency_baseline, d.latency_baseline),
             memory_ratio: take!(memory_ratio, d.memory_ratio),
+            memory_for: take!(memory_for, d.memory_for),
         };
         ok.then_some(out)
     }

@@ -12,8 +12,8 @@ use tend_api::{
     AddOverride, ErrorBody, EscalationLevel, EscalationPolicy, EscalationTarget, Incident,
     IncidentDetail, OnCall, Rotation, SetEscalation, SetRotation,
 };
-use tend_core::incident::{on_call, IncidentFilter};
-use tend_core::{TeamName, Timestamp};
+use tend_core::incident::{latest_handoff, on_call, parse_time_zone, IncidentFilter};
+use tend_core::TeamName;
 use tend_store::Tx;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
@@ -229,19 +229,6 @@ fn parse_offset(s: &str) -> Result<i32, ApiError> {
     Ok(sign * m as i32)
 }
 
-/// The most recent hand-off instant at or before `now`: `minute_of_day`
-/// local time (at `offset` minutes from UTC) today, or yesterday's.
-fn anchor(now: Timestamp, minute_of_day: i64, offset: i32) -> Timestamp {
-    const DAY: i64 = 24 * 3600 * 1000;
-    let local = now.as_millis() + i64::from(offset) * 60_000;
-    let day_start = local.div_euclid(DAY) * DAY;
-    let mut at = day_start + minute_of_day * 60_000;
-    if at > local {
-        at -= DAY;
-    }
-    Timestamp::from_millis(at - i64::from(offset) * 60_000)
-}
-
 /// Sets a team's on-call rotation: members take turns, handing off daily or
 /// weekly at a local time; the first member's shift starts at the latest
 /// hand-off time (weekly: on today's weekday).
@@ -265,6 +252,15 @@ async fn set_rotation(
         "handoff_time",
     )?;
     let offset = parse_offset(req.utc_offset.as_deref().unwrap_or("+00:00"))?;
+    let time_zone = match &req.time_zone {
+        Some(_) if req.utc_offset.is_some() => {
+            return Err(ApiError::BadRequest(
+                "give either time_zone or utc_offset, not both".into(),
+            ))
+        }
+        Some(name) => Some(parse_time_zone(name).map_err(ApiError::BadRequest)?),
+        None => None,
+    };
     let c = caller.clone();
     let oc = audited(
         &state,
@@ -304,8 +300,9 @@ async fn set_rotation(
             let rotation = Rotation {
                 members: req.members,
                 handoff: req.handoff,
-                anchor: anchor(tx.now(), minute, offset),
+                anchor: latest_handoff(tx.now(), minute, offset, time_zone.as_deref()),
                 utc_offset_minutes: offset,
+                time_zone,
             };
             tx.set_rotation(&team, &rotation)?;
             oncall_of(tx, &team)
@@ -508,19 +505,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hand_off_anchor_is_the_latest_local_hand_off() {
-        const H: i64 = 3600 * 1000;
-        // 2026-12-01 10:00 UTC; hand-off 09:00 at +02:00 = 07:00 UTC today.
-        let now = Timestamp::from_millis(20_423 * 24 * H + 10 * H);
-        assert_eq!(
-            anchor(now, 9 * 60, 120).as_millis(),
-            20_423 * 24 * H + 7 * H
-        );
-        // Hand-off 12:00 at +00:00 is still to come: yesterday's.
-        assert_eq!(
-            anchor(now, 12 * 60, 0).as_millis(),
-            20_422 * 24 * H + 12 * H
-        );
+    fn offsets_and_times_of_day_parse_strictly() {
         assert_eq!(parse_offset("-05:30").unwrap(), -330);
         assert!(parse_offset("0200").is_err());
         assert!(parse_hhmm("24:00", "x").is_err());

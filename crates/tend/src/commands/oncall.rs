@@ -48,14 +48,13 @@ pub enum OncallCommand {
         /// Local hand-off time, HH:MM
         #[arg(long, default_value = "09:00", value_name = "HH:MM")]
         at: String,
-        /// The team's offset from UTC, e.g. +01:00 or -05:00
-        #[arg(
-            long,
-            default_value = "+00:00",
-            value_name = "OFFSET",
-            allow_hyphen_values = true
-        )]
-        utc_offset: String,
+        /// The team's time zone, an IANA name (e.g. Europe/Paris): hand-offs
+        /// keep their local time across daylight-saving changes
+        #[arg(long, value_name = "ZONE", conflicts_with = "utc_offset")]
+        time_zone: Option<String>,
+        /// Or a fixed offset from UTC, e.g. +01:00 or -05:00 [default: +00:00]
+        #[arg(long, value_name = "OFFSET", allow_hyphen_values = true)]
+        utc_offset: Option<String>,
         /// Remove the rotation instead
         #[arg(long, conflicts_with_all = ["members"])]
         remove: bool,
@@ -108,18 +107,19 @@ fn show(oc: &OnCall) {
         println!("next:     {n}");
     }
     if let Some(r) = &oc.rotation {
-        let sign = if r.utc_offset_minutes < 0 { '-' } else { '+' };
-        let off = r.utc_offset_minutes.abs();
+        let zone = r.time_zone.clone().unwrap_or_else(|| {
+            let sign = if r.utc_offset_minutes < 0 { '-' } else { '+' };
+            let off = r.utc_offset_minutes.abs();
+            format!("UTC{sign}{:02}:{:02}", off / 60, off % 60)
+        });
         println!(
-            "rotation: {} {} (UTC{sign}{:02}:{:02})",
+            "rotation: {} {} ({zone})",
             r.handoff.as_str(),
             r.members
                 .iter()
                 .map(|m| m.to_string())
                 .collect::<Vec<_>>()
                 .join(" → "),
-            off / 60,
-            off % 60
         );
     }
     for o in &oc.overrides {
@@ -189,6 +189,7 @@ pub async fn run(g: &Global, args: OncallArgs) -> Result<()> {
             members,
             handoff,
             at,
+            time_zone,
             utc_offset,
             remove,
         }) => {
@@ -211,7 +212,8 @@ pub async fn run(g: &Global, args: OncallArgs) -> Result<()> {
                             HandoffArg::Weekly => Handoff::Weekly,
                         },
                         handoff_time: Some(at),
-                        utc_offset: Some(utc_offset),
+                        utc_offset,
+                        time_zone,
                     },
                 )
                 .await?;
