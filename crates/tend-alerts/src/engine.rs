@@ -584,11 +584,13 @@ fn context(
 /// Channels to notify, with the team each belongs to.
 type Recipients = Vec<(TeamName, Channel)>;
 
-/// The channels targets name, and the targets that name nothing.
+/// The channels targets name, and the targets that name nothing. `oncall`
+/// is the owning team's member on call now, if anyone.
 fn resolve_targets(
     tx: &Tx<'_>,
     owner: &TeamName,
     targets: &[EscalationTarget],
+    oncall: Option<&str>,
 ) -> Result<(Recipients, Vec<String>), StoreError> {
     let mut out: Vec<(TeamName, Channel)> = Vec::new();
     let mut missing = Vec::new();
@@ -602,6 +604,32 @@ fn resolve_targets(
             EscalationTarget::Team => {
                 for c in tx.team(owner)?.channels {
                     push(owner, c, &mut out);
+                }
+            }
+            EscalationTarget::Oncall => {
+                let channels = tx.team(owner)?.channels;
+                let own: Vec<Channel> = channels
+                    .iter()
+                    .filter(|c| {
+                        c.member.is_some() && c.member.as_ref().map(|m| m.as_str()) == oncall
+                    })
+                    .cloned()
+                    .collect();
+                if own.is_empty() {
+                    // Nobody to reach personally: the page must still land.
+                    missing.push(match oncall {
+                        Some(m) => {
+                            format!("a channel of `{m}` (on call; told the team's shared channels)")
+                        }
+                        None => "someone on call (no rotation; told the team's shared channels)"
+                            .to_string(),
+                    });
+                    channels
+                        .into_iter()
+                        .filter(|c| c.member.is_none())
+                        .for_each(|c| push(owner, c, &mut out));
+                } else {
+                    own.into_iter().for_each(|c| push(owner, c, &mut out));
                 }
             }
             EscalationTarget::Channel { name } => {
@@ -682,7 +710,7 @@ fn oncall_now(tx: &Tx<'_>, team: &TeamName) -> Result<Option<String>, StoreError
 
 /// Tells channels about incidents whose state they have not heard of:
 /// a new `page` incident starts escalation; `ticket`/`info` go to the
-/// team's channels except paging ones; acks and resolutions go to every
+/// team's shared channels except paging ones (no one is woken for them); acks and resolutions go to every
 /// channel that was told of the incident.
 fn announce(tx: &mut Tx<'_>, cfg: &AlertConfig) -> Result<(), StoreError> {
     for change in tx.unannounced_incidents()? {
@@ -699,7 +727,7 @@ fn announce(tx: &mut Tx<'_>, cfg: &AlertConfig) -> Result<(), StoreError> {
                         .team(&inc.team)?
                         .channels
                         .into_iter()
-                        .filter(|c| c.kind != ChannelKind::Pagerduty)
+                        .filter(|c| c.kind != ChannelKind::Pagerduty && c.member.is_none())
                         .map(|c| (inc.team.clone(), c))
                         .collect();
                     let oncall = oncall_now(tx, &inc.team)?;
@@ -779,8 +807,8 @@ fn escalate(tx: &mut Tx<'_>, cfg: &AlertConfig) -> Result<(), StoreError> {
             continue;
         };
         let targets = policy.levels[level].targets.clone();
-        let (channels, missing) = resolve_targets(tx, &inc.team, &targets)?;
         let oncall = oncall_now(tx, &inc.team)?;
+        let (channels, missing) = resolve_targets(tx, &inc.team, &targets, oncall.as_deref())?;
         let told = enqueue(
             tx,
             cfg,

@@ -71,6 +71,10 @@ pub struct AddChannel {
     pub kind: ChannelKind,
     /// URL (webhook, slack), routing key (pagerduty) or address (email).
     pub target: String,
+    /// The team member this channel reaches (for the `oncall` escalation
+    /// target); omitted for a channel of the whole team.
+    #[serde(default)]
+    pub member: Option<TokenName>,
 }
 
 /// `POST /api/v1/tokens`.
@@ -450,7 +454,7 @@ pub struct AddOverride {
 pub struct SetEscalationLevel {
     /// Wait after the previous level (or the opening), e.g. `"30m"`.
     pub after: String,
-    /// `team`, `channel:NAME` or `team:NAME`.
+    /// `oncall`, `team`, `channel:NAME` or `team:NAME`.
     pub notify: Vec<String>,
 }
 

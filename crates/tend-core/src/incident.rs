@@ -408,6 +408,9 @@ pub enum EscalationTarget {
     },
     /// Every channel of the owning team.
     Team,
+    /// The channels of the owning team's member on call now (its shared
+    /// channels when nobody is on call or they have none of their own).
+    Oncall,
     /// Every channel of another team (e.g. the platform admins).
     OtherTeam {
         /// The team.
@@ -416,10 +419,11 @@ pub enum EscalationTarget {
 }
 
 impl EscalationTarget {
-    /// Parses `channel:NAME`, `team`, or `team:NAME`.
+    /// Parses `oncall`, `channel:NAME`, `team`, or `team:NAME`.
     pub fn parse(s: &str) -> Result<Self, String> {
         match s.split_once(':') {
             None if s == "team" => Ok(Self::Team),
+            None if s == "oncall" => Ok(Self::Oncall),
             Some(("channel", n)) => TokenName::parse(n)
                 .map(|name| Self::Channel { name })
                 .map_err(|e| format!("channel name {n:?}: {e}")),
@@ -427,7 +431,7 @@ impl EscalationTarget {
                 .map(|name| Self::OtherTeam { name })
                 .map_err(|e| format!("team name {n:?}: {e}")),
             _ => Err(format!(
-                "unknown target {s:?}: use `team`, `channel:NAME` or `team:NAME`"
+                "unknown target {s:?}: use `oncall`, `team`, `channel:NAME` or `team:NAME`"
             )),
         }
     }
@@ -438,6 +442,7 @@ impl std::fmt::Display for EscalationTarget {
         match self {
             Self::Channel { name } => write!(f, "channel:{name}"),
             Self::Team => f.write_str("team"),
+            Self::Oncall => f.write_str("oncall"),
             Self::OtherTeam { name } => write!(f, "team:{name}"),
         }
     }

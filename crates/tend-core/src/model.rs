@@ -66,6 +66,10 @@ pub struct Channel {
     pub kind: ChannelKind,
     /// URL, routing key or address, depending on `kind`.
     pub target: String,
+    /// The team member this channel reaches (their own pager or mailbox),
+    /// for escalation's `oncall` target; `None` for the team's shared channels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<TokenName>,
 }
 
 /// What the platform knows about a token; never the secret itself.

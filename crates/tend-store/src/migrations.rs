@@ -289,9 +289,11 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL
     ) STRICT;
     "#,
-    // v5: a rotation's IANA time zone (hand-offs follow its daylight saving).
+    // v5: a rotation's IANA time zone (hand-offs follow its daylight saving);
+    // the member a channel belongs to (their own pager or mailbox).
     r#"
     ALTER TABLE oncall_rotations ADD COLUMN time_zone TEXT;
+    ALTER TABLE channels ADD COLUMN member TEXT;
     "#,
 ];
 

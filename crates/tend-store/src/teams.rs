@@ -76,22 +76,30 @@ impl Tx<'_> {
         }
         let mut channels = Vec::new();
         let mut stmt = self.txn.prepare_cached(
-            "SELECT name, kind, target FROM channels WHERE team_id = ?1 ORDER BY name",
+            "SELECT name, kind, target, member FROM channels WHERE team_id = ?1 ORDER BY name",
         )?;
         for row in stmt.query_map([id], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
             ))
         })? {
-            let (n, kind, target) = row?;
+            let (n, kind, target, member) = row?;
+            let member = member
+                .map(|m| {
+                    TokenName::parse(&m)
+                        .map_err(|e| StoreError::Corrupt(format!("channel member {m:?}: {e}")))
+                })
+                .transpose()?;
             channels.push(Channel {
                 name: TokenName::parse(&n)
                     .map_err(|e| StoreError::Corrupt(format!("channel name {n:?}: {e}")))?,
                 kind: ChannelKind::parse(&kind)
                     .ok_or_else(|| StoreError::Corrupt(format!("channel kind {kind:?}")))?,
                 target,
+                member,
             });
         }
         let mut stmt = self
@@ -143,13 +151,14 @@ impl Tx<'_> {
     pub fn add_channel(&mut self, team: &TeamName, channel: &Channel) -> Result<()> {
         let id = self.team_id(team)?;
         let inserted = self.txn.execute(
-            "INSERT INTO channels(team_id, name, kind, target) VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO channels(team_id, name, kind, target, member) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT(team_id, name) DO NOTHING",
             params![
                 id,
                 channel.name.as_str(),
                 channel.kind.as_str(),
-                channel.target
+                channel.target,
+                channel.member.as_ref().map(|m| m.as_str())
             ],
         )?;
         if inserted == 0 {
@@ -205,12 +214,14 @@ mod tests {
                         name: TokenName::parse("hook").unwrap(),
                         kind: ChannelKind::Webhook,
                         target: "http://127.0.0.1:9/hook".into(),
+                        member: Some(TokenName::parse("alice").unwrap()),
                     },
                 )
             })
             .unwrap();
         let team = store.read(|tx| tx.team(&t("payments"))).unwrap();
         assert_eq!(team.channels.len(), 1);
+        assert_eq!(team.channels[0].member.as_ref().unwrap().as_str(), "alice");
         assert_eq!(store.read(|tx| tx.teams()).unwrap().len(), 1);
         store.write(|tx| tx.delete_team(&t("payments"))).unwrap();
         let err = store.read(|tx| tx.team(&t("payments"))).unwrap_err();

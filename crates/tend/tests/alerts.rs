@@ -723,3 +723,94 @@ fn rotations_hand_off_at_local_time_in_a_named_time_zone() {
     assert_eq!(both.status(), 400);
     assert!(both.text().unwrap().contains("not both"));
 }
+
+#[test]
+fn a_page_reaches_the_on_call_members_own_channel_first() {
+    let p = platform(&[]);
+    let _cleanup = KillInstances(p.server.data_dir.clone());
+    for who in ["alice", "bob"] {
+        ok(&p.tend(&["tokens", "create", "--name", who, "--team", "payments"]));
+    }
+    let (alice, bob, shared) = (Receiver::start(0), Receiver::start(0), Receiver::start(0));
+    for (name, member, url) in [
+        ("alice-hook", Some("alice"), &alice.url),
+        ("bob-hook", Some("bob"), &bob.url),
+        ("shared", None, &shared.url),
+    ] {
+        let mut args = vec![
+            "teams",
+            "channels",
+            "add",
+            "payments",
+            "--name",
+            name,
+            "--webhook",
+            url,
+        ];
+        if let Some(m) = member {
+            args.extend(["--member", m]);
+        }
+        ok(&p.tend(&args));
+    }
+    let listed = ok(&p.tend(&["teams", "channels", "list", "payments"]));
+    assert!(
+        listed.contains("alice") && listed.contains("(team)"),
+        "{listed}"
+    );
+    let stranger = p.tend(&[
+        "teams",
+        "channels",
+        "add",
+        "payments",
+        "--webhook",
+        &shared.url,
+        "--member",
+        "carol",
+    ]);
+    assert!(!stranger.status.success());
+    assert!(
+        stderr(&stranger).contains("not a member of team `payments`"),
+        "{}",
+        stderr(&stranger)
+    );
+    // alice is on call (the first shift starts at the latest hand-off).
+    ok(&p.tend(&[
+        "oncall",
+        "rotation",
+        "payments",
+        "--members",
+        "alice,bob",
+        "--handoff",
+        "daily",
+    ]));
+    ok(&p.tend(&[
+        "oncall",
+        "escalation",
+        "payments",
+        "--level",
+        "0s=oncall",
+        "--level",
+        "3s=team",
+    ]));
+
+    let crashy = ServiceDir::new("crashy", 1, &[("SAMPLE_CRASH_AFTER", "1500ms")], "");
+    let _ = p.deploy(&crashy);
+    let paged = |v: &Value| v["status"] == "firing" && alertname(v) == "crash-looping";
+    let (at, body) = alice.wait_for("alice's page", Duration::from_secs(90), paged);
+    assert_eq!(body["receiver"], "payments/alice-hook");
+    assert_eq!(body["alerts"][0]["annotations"]["oncall"], "alice");
+    assert!(
+        bob.bodies().iter().all(|(_, v)| !paged(v))
+            && shared.bodies().iter().all(|(_, v)| !paged(v)),
+        "level 1 reached more than the on-call member"
+    );
+    // Nobody acks: level 2 is the whole team, bob and the shared channel included.
+    let (at2, _) = shared.wait_for("the team level", Duration::from_secs(30), paged);
+    bob.wait_for("bob at the team level", Duration::from_secs(10), paged);
+    assert!(
+        at2.duration_since(at) >= Duration::from_millis(2500),
+        "{:?}",
+        at2.duration_since(at)
+    );
+    ok(&p.tend(&["stop", "crashy"]));
+}

@@ -137,12 +137,26 @@ async fn add_channel(
         move |tx, note| {
             note.team = Some(team.clone());
             c.require_team(&team, &format!("team `{team}`"))?;
+            if let Some(m) = &req.member {
+                let members = tx.team(&team)?.members;
+                if !members.contains(m) {
+                    return Err(ApiError::BadRequest(format!(
+                        "`{m}` is not a member of team `{team}` (members: {})",
+                        members
+                            .iter()
+                            .map(|m| m.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+            }
             tx.add_channel(
                 &team,
                 &Channel {
                     name: req.name,
                     kind: req.kind,
                     target: req.target,
+                    member: req.member,
                 },
             )?;
             Ok(tx.team(&team)?)

@@ -947,6 +947,7 @@ pub(super) async fn teams(State(ui): S, viewer: Viewer) -> Result<Response, UiEr
                         @for c in &t.channels {
                             li {
                                 (c.name.as_str()) " (" (c.kind.as_str()) ")"
+                                @if let Some(m) = &c.member { " — " (m.as_str()) "'s own" }
                                 @if member { ": " code { (c.target) } }
                             }
                         }

@@ -15,12 +15,15 @@ Examples:
   tend teams channels add payments --webhook https://hooks.example/alerts
   tend teams channels add payments --slack https://hooks.slack.com/services/T/B/X --name ops-slack
   tend teams channels add payments --pagerduty R0UTINGKEY --name pager
+  tend teams channels add payments --email alice@example.com --name alice-mail --member alice
   tend teams channels list payments
   tend teams channels remove payments ops-slack
 
 Webhooks get the Alertmanager webhook payload (version 4), so existing
 receivers work; Slack gets a message with blocks; PagerDuty gets Events API v2
-trigger/acknowledge/resolve events.")]
+trigger/acknowledge/resolve events. A channel with --member is that person's
+own: the escalation target `oncall` reaches the channels of whoever is on call
+(see `tend oncall escalation --help`).")]
 pub struct ChannelsArgs {
     #[command(subcommand)]
     pub command: ChannelsCommand,
@@ -48,6 +51,9 @@ pub enum ChannelsCommand {
         /// An e-mail address
         #[arg(long, value_name = "ADDR")]
         email: Option<String>,
+        /// The team member this channel reaches (token name), for the `oncall` escalation target
+        #[arg(long, value_name = "NAME")]
+        member: Option<String>,
     },
     /// List a team's channels
     List {
@@ -74,6 +80,7 @@ pub async fn run(g: &Global, args: ChannelsArgs) -> Result<()> {
             slack,
             pagerduty,
             email,
+            member,
         } => {
             let (kind, target) = match (webhook, slack, pagerduty, email) {
                 (Some(u), ..) => (ChannelKind::Webhook, u),
@@ -95,6 +102,10 @@ pub async fn run(g: &Global, args: ChannelsArgs) -> Result<()> {
                         name: super::name("channel", &name)?,
                         kind,
                         target,
+                        member: member
+                            .as_deref()
+                            .map(|m| super::name("member", m))
+                            .transpose()?,
                     },
                 )
                 .await?;
@@ -113,11 +124,14 @@ pub async fn run(g: &Global, args: ChannelsArgs) -> Result<()> {
                     println!("team/{team} has no channels; add one with `tend teams channels add`");
                     return;
                 }
-                let mut tb = table(["name", "kind", "target"]);
+                let mut tb = table(["name", "kind", "member", "target"]);
                 for c in channels {
                     tb.add_row(vec![
                         c.name.to_string(),
                         c.kind.as_str().to_string(),
+                        c.member
+                            .as_ref()
+                            .map_or_else(|| "(team)".to_string(), |m| m.to_string()),
                         c.target.clone(),
                     ]);
                 }

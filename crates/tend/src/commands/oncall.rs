@@ -17,14 +17,16 @@ use crate::output::{self, or_dash, print_table, table};
 Examples:
   tend oncall                      who is on call for each of your teams
   tend oncall payments             who is on call, until when, who is next, escalation
-  tend oncall rotation payments --members alice,bob,carol --handoff weekly --at 09:00 --utc-offset +01:00
+  tend oncall rotation payments --members alice,bob,carol --handoff weekly --at 09:00 --time-zone Europe/Paris
   tend oncall override payments --member dave --for 8h
-  tend oncall escalation payments --level 0s=channel:pager --level 15m=team --level 30m=team:platform --repeat 1
+  tend oncall escalation payments --level 0s=oncall --level 15m=team --level 30m=team:platform --repeat 1
 
-Escalation targets: `team` (every channel of the team), `channel:NAME` (one of
-its channels), `team:NAME` (every channel of another team). `page` incidents
-walk the levels until someone runs `tend ack`; `ticket` and `info` incidents go
-to the team's channels once, without paging."
+Escalation targets: `oncall` (the channels of the member on call, added with
+`tend teams channels add --member`; the team's shared channels if they have
+none), `team` (every channel of the team), `channel:NAME` (one of its
+channels), `team:NAME` (every channel of another team). `page` incidents walk
+the levels until someone runs `tend ack`; `ticket` and `info` incidents go to
+the team's shared channels once, without paging."
 )]
 pub struct OncallArgs {
     /// Team [default: each of your teams]

@@ -81,6 +81,7 @@ pub async fn run(g: &Global, args: TeamsArgs) -> Result<()> {
                         name: channel_name,
                         kind: kind.into(),
                         target,
+                        member: None,
                     },
                 )
                 .await?;
