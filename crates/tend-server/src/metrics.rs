@@ -145,8 +145,10 @@ impl Collector {
             Err(_) => return,
         };
         self.specs.extend(snap.specs);
-        let router = self.deps.router.clone();
-        let _ = tokio::task::spawn_blocking(move || router.sample(now_ms())).await;
+        // Unless the alerting engine took the router's counters less than
+        // half an interval ago: one sample per interval is enough.
+        let (router, fresh) = (self.deps.router.clone(), self.deps.interval / 2);
+        let _ = tokio::task::spawn_blocking(move || router.sample(now_ms(), fresh)).await;
         let mut batch: Vec<Sample> = Vec::new();
         let mut reported: HashMap<Source, HashSet<Labels>> = HashMap::new();
 
@@ -302,8 +304,9 @@ impl Collector {
 
 /// Takes the router's traffic metrics (per service and instance) into the
 /// TSDB. They live in this process, so taking them costs no request: the
-/// collector takes them every scrape interval, and the alerting engine right
-/// before every evaluation, so traffic alerts see the instant they evaluate.
+/// alerting engine takes them right before every evaluation, so traffic
+/// alerts see the instant they evaluate, and the collector every scrape
+/// interval when the engine has not just done so.
 pub(crate) struct RouterSampler {
     router: tend_router::Router,
     store: Arc<Store>,
@@ -338,8 +341,15 @@ impl RouterSampler {
 
     /// Appends the router's counters stamped `at_ms` (or just after the last
     /// sample, which a caller's clock may not have passed yet), with stale
-    /// markers for series gone since the last sample. Blocking.
-    pub(crate) fn sample(&self, at_ms: i64) {
+    /// markers for series gone since the last sample; nothing if the last
+    /// sample is less than `fresh` old. Blocking.
+    pub(crate) fn sample(&self, at_ms: i64, fresh: Duration) {
+        let Ok(mut last) = self.last.lock() else {
+            return;
+        };
+        if at_ms - last.at_ms < fresh.as_millis() as i64 {
+            return;
+        }
         let owners: HashMap<String, String> = match self.store.read(|tx| tx.services(None)) {
             Ok(services) => services
                 .into_iter()
@@ -349,9 +359,6 @@ impl RouterSampler {
                 tracing::warn!(error = %e, "router metrics not taken: cannot read owners");
                 return;
             }
-        };
-        let Ok(mut last) = self.last.lock() else {
-            return;
         };
         let ts = at_ms.max(last.at_ms + 1);
         let mut text = String::new();
@@ -385,7 +392,7 @@ impl RouterSampler {
 
 impl tend_alerts::LiveSamples for RouterSampler {
     fn sample(&self, at_ms: i64) {
-        RouterSampler::sample(self, at_ms)
+        RouterSampler::sample(self, at_ms, Duration::ZERO)
     }
 }
 
