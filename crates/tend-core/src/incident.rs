@@ -233,10 +233,7 @@ pub fn latest_handoff(
     const DAY: i64 = 24 * 3600 * 1000;
     if let Some(tz) = time_zone.and_then(|n| jiff::tz::TimeZone::get(n).ok()) {
         let at_day = |days_back: i64| -> Option<i64> {
-            let today = jiff::Timestamp::from_millisecond(now.as_millis())
-                .ok()?
-                .to_zoned_datetime(tz.clone())
-                .date();
+            let today = civil(&tz, now)?.date();
             let day = today
                 .checked_sub(jiff::Span::new().try_days(days_back).ok()?)
                 .ok()?;
@@ -263,6 +260,12 @@ pub fn latest_handoff(
         at -= DAY;
     }
     Timestamp::from_millis(at - offset)
+}
+
+/// The local date and time in `tz` at `t`.
+fn civil(tz: &jiff::tz::TimeZone, t: Timestamp) -> Option<jiff::civil::DateTime> {
+    let t = jiff::Timestamp::from_millisecond(t.as_millis()).ok()?;
+    Some(t.to_zoned_datetime(tz.clone()).datetime())
 }
 
 /// The instant of a local date and time in `tz`: in a gap (clocks jumping
@@ -309,11 +312,7 @@ impl Rotation {
             Handoff::Daily => k,
             Handoff::Weekly => k.checked_mul(7)?,
         };
-        let anchor = jiff::Timestamp::from_millisecond(self.anchor.as_millis())
-            .ok()?
-            .to_zoned_datetime(tz.clone())
-            .datetime();
-        let dt = anchor
+        let dt = civil(&tz, self.anchor)?
             .checked_add(jiff::Span::new().try_days(days).ok()?)
             .ok()?;
         local_instant(&tz, dt)
