@@ -610,9 +610,9 @@ fn resolve_targets(
                 let channels = tx.team(owner)?.channels;
                 let own: Vec<Channel> = channels
                     .iter()
-                    .filter(|c| {
-                        c.member.is_some() && c.member.as_ref().map(|m| m.as_str()) == oncall
-                    })
+                    .filter(
+                        |c| matches!((&c.member, oncall), (Some(m), Some(o)) if m.as_str() == o),
+                    )
                     .cloned()
                     .collect();
                 if own.is_empty() {
@@ -710,8 +710,8 @@ fn oncall_now(tx: &Tx<'_>, team: &TeamName) -> Result<Option<String>, StoreError
 
 /// Tells channels about incidents whose state they have not heard of:
 /// a new `page` incident starts escalation; `ticket`/`info` go to the
-/// team's shared channels except paging ones (no one is woken for them); acks and resolutions go to every
-/// channel that was told of the incident.
+/// team's shared channels except paging ones (no one is woken for them);
+/// acks and resolutions go to every channel that was told of the incident.
 fn announce(tx: &mut Tx<'_>, cfg: &AlertConfig) -> Result<(), StoreError> {
     for change in tx.unannounced_incidents()? {
         let inc = change.incident;
