@@ -249,6 +249,9 @@ fn demo_loads_the_examples_through_the_api() {
     assert_eq!(names, ["catalog", "checkout", "ledger"]);
     let audit = ok(&server.cli(&admin, &["audit", "-n", "100"]));
     assert!(audit.contains("service.deploy"), "{audit}");
+    // Each team has someone on call.
+    let oncall = ok(&server.cli(&admin, &["oncall", "payments"]));
+    assert!(oncall.contains("on call:  alice"), "{oncall}");
     assert!(
         out.contains("deployed checkout") && out.contains("succeeded"),
         "{out}"

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use owo_colors::OwoColorize;
 use serde::Deserialize;
-use tend_api::CreateToken;
+use tend_api::{CreateToken, SetRotation};
 use tend_client::Client;
 use tend_core::{TeamName, TokenName};
 use tend_deploy::pack;
@@ -179,6 +179,21 @@ async fn load_examples(
                 .await?;
             tokens.push((member.clone(), created.token));
         }
+        if !team.members.is_empty() {
+            // Someone on call, so `tend oncall` and the pages name a person.
+            admin
+                .set_rotation(
+                    team.name.as_str(),
+                    &SetRotation {
+                        members: team.members.clone(),
+                        handoff: tend_core::incident::Handoff::Weekly,
+                        handoff_time: None,
+                        utc_offset: None,
+                        time_zone: Some("UTC".into()),
+                    },
+                )
+                .await?;
+        }
     }
     let services_dir = examples.join("services");
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&services_dir)
@@ -272,6 +287,8 @@ fn print_tour(
         ledger.display(),
         ledger.display()
     );
+    println!("  tend incidents                # the failed deploy is an incident for its owner, with what changed");
+    println!("  tend oncall                   # who is on call for each team");
     if let Some((name, token)) = members.first() {
         println!("  TEND_TOKEN={token} tend whoami   # you as `{name}`");
     }
