@@ -191,45 +191,11 @@ fn errors_under_load_page_the_owner_with_context_escalate_and_resolve() {
     let second = Receiver::start(0);
     let flaky = Receiver::start(2);
     let other_team = Receiver::start(0);
-    ok(&p.tend(&[
-        "teams",
-        "channels",
-        "add",
-        "payments",
-        "--name",
-        "first",
-        "--webhook",
-        &first.url,
-    ]));
-    ok(&p.tend(&[
-        "teams",
-        "channels",
-        "add",
-        "payments",
-        "--name",
-        "second",
-        "--webhook",
-        &second.url,
-    ]));
-    ok(&p.tend(&[
-        "teams",
-        "channels",
-        "add",
-        "payments",
-        "--name",
-        "flaky",
-        "--webhook",
-        &flaky.url,
-    ]));
+    p.add_channel("payments", "first", "--webhook", &first.url, &[]);
+    p.add_channel("payments", "second", "--webhook", &second.url, &[]);
+    p.add_channel("payments", "flaky", "--webhook", &flaky.url, &[]);
     ok(&p.tend(&["teams", "create", "search"]));
-    ok(&p.tend(&[
-        "teams",
-        "channels",
-        "add",
-        "search",
-        "--webhook",
-        &other_team.url,
-    ]));
+    p.add_channel("search", "webhook", "--webhook", &other_team.url, &[]);
     let out = ok(&p.tend(&[
         "oncall",
         "escalation",
@@ -362,36 +328,9 @@ fn crash_loops_and_failed_deploys_alert_without_rules_and_ack_stops_escalation()
     let _cleanup = KillInstances(p.server.data_dir.clone());
     let first = Receiver::start(0);
     let second = Receiver::start(0);
-    ok(&p.tend(&[
-        "teams",
-        "channels",
-        "add",
-        "payments",
-        "--name",
-        "pager",
-        "--pagerduty",
-        "R0UTINGKEY",
-    ]));
-    ok(&p.tend(&[
-        "teams",
-        "channels",
-        "add",
-        "payments",
-        "--name",
-        "first",
-        "--webhook",
-        &first.url,
-    ]));
-    ok(&p.tend(&[
-        "teams",
-        "channels",
-        "add",
-        "payments",
-        "--name",
-        "second",
-        "--webhook",
-        &second.url,
-    ]));
+    p.add_channel("payments", "pager", "--pagerduty", "R0UTINGKEY", &[]);
+    p.add_channel("payments", "first", "--webhook", &first.url, &[]);
+    p.add_channel("payments", "second", "--webhook", &second.url, &[]);
     ok(&p.tend(&[
         "oncall",
         "escalation",
@@ -566,14 +505,7 @@ fn slowness_memory_and_unready_instances_alert_without_rules() {
     let p = platform(&[]);
     let _cleanup = KillInstances(p.server.data_dir.clone());
     let hook = Receiver::start(0);
-    ok(&p.tend(&[
-        "teams",
-        "channels",
-        "add",
-        "payments",
-        "--webhook",
-        &hook.url,
-    ]));
+    p.add_channel("payments", "webhook", "--webhook", &hook.url, &[]);
     let flags = tempfile::tempdir().unwrap();
     let down = flags.path().join("down");
 
@@ -732,26 +664,21 @@ fn a_page_reaches_the_on_call_members_own_channel_first() {
         ok(&p.tend(&["tokens", "create", "--name", who, "--team", "payments"]));
     }
     let (alice, bob, shared) = (Receiver::start(0), Receiver::start(0), Receiver::start(0));
-    for (name, member, url) in [
-        ("alice-hook", Some("alice"), &alice.url),
-        ("bob-hook", Some("bob"), &bob.url),
-        ("shared", None, &shared.url),
-    ] {
-        let mut args = vec![
-            "teams",
-            "channels",
-            "add",
-            "payments",
-            "--name",
-            name,
-            "--webhook",
-            url,
-        ];
-        if let Some(m) = member {
-            args.extend(["--member", m]);
-        }
-        ok(&p.tend(&args));
-    }
+    p.add_channel(
+        "payments",
+        "alice-hook",
+        "--webhook",
+        &alice.url,
+        &["--member", "alice"],
+    );
+    p.add_channel(
+        "payments",
+        "bob-hook",
+        "--webhook",
+        &bob.url,
+        &["--member", "bob"],
+    );
+    p.add_channel("payments", "shared", "--webhook", &shared.url, &[]);
     let listed = ok(&p.tend(&["teams", "channels", "list", "payments"]));
     assert!(
         listed.contains("alice") && listed.contains("(team)"),

@@ -147,16 +147,7 @@ fn email_channels_get_the_incident_through_the_smtp_relay() {
     };
     let _cleanup = KillInstances(p.server.data_dir.clone());
     ok(&p.tend(&["teams", "create", "payments"]));
-    ok(&p.tend(&[
-        "teams",
-        "channels",
-        "add",
-        "payments",
-        "--name",
-        "mail",
-        "--email",
-        "oncall@example.test",
-    ]));
+    p.add_channel("payments", "mail", "--email", "oncall@example.test", &[]);
     ok(&p.deploy(&ServiceDir::new("web", 1, &[], ALWAYS)));
 
     wait_until(Duration::from_secs(60), "the incident e-mail", || {
@@ -212,16 +203,7 @@ fn email_channels_get_the_incident_through_the_smtp_relay() {
 fn email_without_a_relay_is_a_visible_failed_delivery() {
     let p = Platform::start();
     let _cleanup = KillInstances(p.server.data_dir.clone());
-    ok(&p.tend(&[
-        "teams",
-        "channels",
-        "add",
-        "payments",
-        "--name",
-        "mail",
-        "--email",
-        "oncall@example.test",
-    ]));
+    p.add_channel("payments", "mail", "--email", "oncall@example.test", &[]);
     // Default interval (5 s): a few evaluations within the wait.
     ok(&p.deploy(&ServiceDir::new("web", 1, &[], ALWAYS)));
     wait_until(Duration::from_secs(60), "the failed delivery", || {

@@ -64,6 +64,16 @@ impl Platform {
         self.server.cli(&self.admin, args)
     }
 
+    /// Adds a notification channel: `kind` is `--webhook`, `--email`, `--pagerduty`
+    /// or `--slack`; `extra` more flags (`--member alice`).
+    pub fn add_channel(&self, team: &str, name: &str, kind: &str, target: &str, extra: &[&str]) {
+        let mut args = vec![
+            "teams", "channels", "add", team, "--name", name, kind, target,
+        ];
+        args.extend_from_slice(extra);
+        ok(&self.tend(&args));
+    }
+
     pub fn deploy(&self, dir: &ServiceDir) -> std::process::Output {
         self.tend(&["deploy", dir.path().to_str().unwrap()])
     }
