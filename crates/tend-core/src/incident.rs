@@ -221,6 +221,19 @@ pub fn parse_time_zone(name: &str) -> Result<String, String> {
         })
 }
 
+/// The clock hand-offs follow: the named zone, else the fixed offset (also for
+/// a name the tz database does not know).
+fn clock(utc_offset_minutes: i32, time_zone: Option<&str>) -> jiff::tz::TimeZone {
+    use jiff::tz::{Offset, TimeZone};
+    time_zone
+        .and_then(|n| TimeZone::get(n).ok())
+        .unwrap_or_else(|| {
+            Offset::from_seconds(utc_offset_minutes.saturating_mul(60))
+                .map(TimeZone::fixed)
+                .unwrap_or(TimeZone::UTC)
+        })
+}
+
 /// The latest hand-off instant at or before `now` at `minute_of_day` local
 /// time: today's, or yesterday's if today's is still to come. Local time is
 /// `time_zone`'s when given (a valid IANA name), else `utc_offset_minutes` from UTC.
@@ -230,36 +243,23 @@ pub fn latest_handoff(
     utc_offset_minutes: i32,
     time_zone: Option<&str>,
 ) -> Timestamp {
-    const DAY: i64 = 24 * 3600 * 1000;
-    if let Some(tz) = time_zone.and_then(|n| jiff::tz::TimeZone::get(n).ok()) {
-        let at_day = |days_back: i64| -> Option<i64> {
-            let today = civil(&tz, now)?.date();
-            let day = today
-                .checked_sub(jiff::Span::new().try_days(days_back).ok()?)
-                .ok()?;
-            let t = jiff::civil::Time::new(
-                (minute_of_day / 60) as i8,
-                (minute_of_day % 60) as i8,
-                0,
-                0,
-            )
+    let tz = clock(utc_offset_minutes, time_zone);
+    let at_day = |days_back: i64| -> Option<i64> {
+        let day = civil(&tz, now)?
+            .date()
+            .checked_sub(jiff::Span::new().try_days(days_back).ok()?)
             .ok()?;
-            local_instant(&tz, day.to_datetime(t))
-        };
-        if let Some(at) = at_day(0)
-            .filter(|&at| at <= now.as_millis())
-            .or_else(|| at_day(1))
-        {
-            return Timestamp::from_millis(at);
-        }
-    }
-    let offset = i64::from(utc_offset_minutes) * 60_000;
-    let local = now.as_millis() + offset;
-    let mut at = local.div_euclid(DAY) * DAY + minute_of_day * 60_000;
-    if at > local {
-        at -= DAY;
-    }
-    Timestamp::from_millis(at - offset)
+        let hour = i8::try_from(minute_of_day / 60).ok()?;
+        let minute = i8::try_from(minute_of_day % 60).ok()?;
+        let t = jiff::civil::Time::new(hour, minute, 0, 0).ok()?;
+        local_instant(&tz, day.to_datetime(t))
+    };
+    at_day(0)
+        .filter(|&at| at <= now.as_millis())
+        .or_else(|| at_day(1))
+        .map(Timestamp::from_millis)
+        // Only out of jiff's range of dates (years ±9999).
+        .unwrap_or(now)
 }
 
 /// The local date and time in `tz` at `t`.
@@ -281,41 +281,31 @@ impl Rotation {
         if self.members.is_empty() {
             return None;
         }
-        let period = self.handoff.period_ms();
-        let since = now.as_millis() - self.anchor.as_millis();
-        let estimate = since.div_euclid(period);
-        let (shift, ends) = match self.zoned_start(estimate) {
-            // Shifts of whole local days: the estimate from elapsed time is at
-            // most one off, by a daylight-saving change.
-            Some(_) => {
-                let start = |k: i64| self.zoned_start(k).unwrap_or(i64::MAX);
-                let mut k = estimate;
-                while start(k) > now.as_millis() {
-                    k -= 1;
-                }
-                while start(k + 1) <= now.as_millis() {
-                    k += 1;
-                }
-                (k, start(k + 1))
-            }
-            None => (estimate, self.anchor.as_millis() + (estimate + 1) * period),
-        };
-        let idx = shift.rem_euclid(self.members.len() as i64) as usize;
-        Some((idx, Timestamp::from_millis(ends)))
+        // Shifts are whole local days on the team's clock; elapsed time
+        // divided by 24 h (or 7 d) is at most one off, by a daylight-saving change.
+        let tz = clock(self.utc_offset_minutes, self.time_zone.as_deref());
+        let now = now.as_millis();
+        let mut k = (now - self.anchor.as_millis()).div_euclid(self.handoff.period_ms());
+        while self.shift_start(&tz, k)? > now {
+            k -= 1;
+        }
+        while self.shift_start(&tz, k + 1)? <= now {
+            k += 1;
+        }
+        let idx = k.rem_euclid(self.members.len() as i64) as usize;
+        Some((idx, Timestamp::from_millis(self.shift_start(&tz, k + 1)?)))
     }
 
-    /// The start of shift `k` (the anchor's is 0) on the local calendar of
-    /// `time_zone`; `None` without a (known) zone.
-    fn zoned_start(&self, k: i64) -> Option<i64> {
-        let tz = jiff::tz::TimeZone::get(self.time_zone.as_deref()?).ok()?;
+    /// The start of shift `k` (the anchor's is 0) on the local calendar of `tz`.
+    fn shift_start(&self, tz: &jiff::tz::TimeZone, k: i64) -> Option<i64> {
         let days = match self.handoff {
             Handoff::Daily => k,
             Handoff::Weekly => k.checked_mul(7)?,
         };
-        let dt = civil(&tz, self.anchor)?
+        let dt = civil(tz, self.anchor)?
             .checked_add(jiff::Span::new().try_days(days).ok()?)
             .ok()?;
-        local_instant(&tz, dt)
+        local_instant(tz, dt)
     }
 }
 
