@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::platform::*;
+use common::receiver::Receiver;
 use common::*;
 use serde_json::Value;
 
@@ -236,79 +237,6 @@ fn email_without_a_relay_is_a_visible_failed_delivery() {
     });
 }
 
-/// A webhook receiver (for Alertmanager's notifications): every POST body.
-struct Hook {
-    url: String,
-    got: Arc<Mutex<Vec<Value>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Hook {
-    fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let got: Arc<Mutex<Vec<Value>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (g, s) = (got.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                let Ok((conn, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(20));
-                    continue;
-                };
-                conn.set_nonblocking(false).unwrap();
-                conn.set_read_timeout(Some(Duration::from_secs(10)))
-                    .unwrap();
-                let mut out = conn.try_clone().unwrap();
-                let mut r = BufReader::new(conn);
-                let mut len = 0usize;
-                let mut line = String::new();
-                loop {
-                    line.clear();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    if let Some((k, v)) = line.split_once(':') {
-                        if k.eq_ignore_ascii_case("content-length") {
-                            len = v.trim().parse().unwrap_or(0);
-                        }
-                    }
-                }
-                let mut body = vec![0u8; len];
-                if r.read_exact(&mut body).is_ok() {
-                    g.lock()
-                        .unwrap()
-                        .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
-                }
-                let _ = out.write_all(
-                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                );
-            }
-        });
-        Self {
-            url,
-            got,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn bodies(&self) -> Vec<Value> {
-        self.got.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Hook {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// A real Alertmanager on an ephemeral port, killed on drop.
 struct Alertmanager {
     child: Child,
@@ -378,7 +306,7 @@ impl Drop for Alertmanager {
 
 #[test]
 fn alerts_are_forwarded_to_a_real_alertmanager_and_resolve_there() {
-    let hook = Hook::start();
+    let hook = Receiver::start(0);
     let am = Alertmanager::start(&hook.url);
     let server =
         TestServer::start_with(&["--alert-interval", "500ms", "--alertmanager-url", &am.url]);
@@ -411,7 +339,7 @@ fn alerts_are_forwarded_to_a_real_alertmanager_and_resolve_there() {
 
     // Alertmanager routes it on to its own receiver.
     let from_am = |status: &str| {
-        hook.bodies().into_iter().any(|b| {
+        hook.bodies().into_iter().any(|(_, b)| {
             b["status"] == status
                 && b["alerts"]
                     .as_array()

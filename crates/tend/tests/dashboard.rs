@@ -348,6 +348,19 @@ impl Examples {
             .unwrap()
     }
 
+    /// Asserts the audit trail's last entries hold `action` by `actor` with `outcome`.
+    fn assert_audited(&self, action: &str, actor: &str, outcome: &str) {
+        let audit = self.api(&self.admin, "/audit?limit=20");
+        assert!(
+            audit
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["action"] == action && e["actor"] == actor && e["outcome"] == outcome),
+            "no {action} by {actor} ({outcome}) in {audit:#}"
+        );
+    }
+
     /// Sends `n` requests through the router to `host`'s `path`.
     fn traffic(&self, host: &str, path: &str, n: usize) {
         let http = self.server.http();
@@ -601,17 +614,7 @@ fn dashboard_in_a_real_browser() {
     assert_eq!(status["release"], 1, "{status:#}");
     assert_eq!(status["deployment"]["kind"], "rollback");
     assert_eq!(status["deployment"]["actor"], "alice");
-    let audit = ex.api(&ex.admin, "/audit?limit=20");
-    assert!(
-        audit
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["action"] == "service.rollback"
-                && e["actor"] == "alice"
-                && e["outcome"] == "allowed"),
-        "{audit:#}"
-    );
+    ex.assert_audited("service.rollback", "alice", "allowed");
 
     // Alice (payments) acknowledges the pager's incident.
     b.goto("/ui/incidents");
@@ -651,17 +654,7 @@ fn dashboard_in_a_real_browser() {
         "a POST without the CSRF token is refused even for the owner"
     );
     assert_eq!(ex.api(&ex.admin, "/services/ledger/status")["release"], 1);
-    let audit = ex.api(&ex.admin, "/audit?limit=20");
-    assert!(
-        audit
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["action"] == "service.rollback"
-                && e["actor"] == "bob"
-                && e["outcome"] == "denied"),
-        "{audit:#}"
-    );
+    ex.assert_audited("service.rollback", "bob", "denied");
 
     // Bob sees payments' incident, without buttons to act on it.
     b.goto("/ui/incidents");

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod platform;
+pub mod receiver;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
